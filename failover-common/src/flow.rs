@@ -1,0 +1,58 @@
+//! The connection table's key and value.
+
+/// A flow as seen from the client: (source, destination, ports, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address; IPv4 uses the first word.
+    pub src_be: [u32; 4],
+    /// VIP.
+    pub dst_be: [u32; 4],
+    /// Client port (0 for fragments).
+    pub sport_be: u16,
+    /// VIP port (0 for fragments).
+    pub dport_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    /// Explicit padding: always zero, so equal flows hash equally.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Where a known flow goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Backend id (`BACKENDS` index).
+    pub backend: u32,
+    /// Service id the flow was picked for.
+    pub service: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+
+impl FlowKey {
+    /// The hash that picks a Maglev slot. Shared so userspace can explain a flow.
+    #[inline(always)]
+    pub fn hash(&self) -> u32 {
+        let ports = ((self.sport_be as u32) << 16) | self.dport_be as u32;
+        crate::hash::flow_hash(&self.src_be, &self.dst_be, ports, self.proto as u32)
+    }
+}
+
+/// For `nat` services: what a backend's reply must be translated back to. Keyed by the
+/// reply's own flow (backend address and port to client address and port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatOrigin {
+    /// The VIP the client addressed.
+    pub vip_be: [u32; 4],
+    /// The service port the client addressed.
+    pub vport_be: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// Service id (for counters).
+    pub service: u32,
+}
+const _: () = assert!(core::mem::size_of::<NatOrigin>() == 24);

@@ -1,0 +1,41 @@
+//! Names of the maps and programs in the XDP object, and default sizes.
+//!
+//! Userspace sizes every map from the config at load time (`EbpfLoader::set_max_entries`);
+//! the numbers in the object itself are only placeholders.
+
+/// The XDP load-balancing program.
+pub const PROG_BALANCER: &str = "failover_xdp";
+/// The decapsulation program for backends of `tunnel` services.
+pub const PROG_DECAP: &str = "failover_decap";
+
+/// `HashMap<ServiceKey, ServiceValue>`: the virtual services.
+pub const SERVICES: &str = "SERVICES";
+/// `Array<u32>`: concatenated Maglev lookup tables (two halves per service) of backend ids.
+pub const RINGS: &str = "RINGS";
+/// `Array<Backend>`: every backend of every service, indexed by backend id.
+pub const BACKENDS: &str = "BACKENDS";
+/// `LruHashMap<FlowKey, FlowValue>`: the connection table.
+pub const FLOWS: &str = "FLOWS";
+/// `LruHashMap<FlowKey, NatOrigin>`: `nat` replies, keyed by the reply's flow.
+pub const NAT_REPLIES: &str = "NAT_REPLIES";
+/// `PerCpuArray<u64>` indexed by [`crate::Counter`].
+pub const COUNTERS: &str = "COUNTERS";
+/// `PerCpuArray<Traffic>` indexed by service id.
+pub const SERVICE_TRAFFIC: &str = "SERVICE_TRAFFIC";
+/// `PerCpuArray<Traffic>` indexed by backend id.
+pub const BACKEND_TRAFFIC: &str = "BACKEND_TRAFFIC";
+/// `Array<Globals>` with one element: settings that apply to the whole program.
+pub const GLOBALS: &str = "GLOBALS";
+
+/// Default connection-table size (flows).
+pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 20;
+/// Default Maglev table size (a prime).
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+/// Placeholder sizes compiled into the object; the loader overrides them.
+pub const PLACEHOLDER_ENTRIES: u32 = 1024;
+/// `PerCpuArray<u64>` indexed by [`crate::stats::DecapCounter`] (decapsulation program).
+pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
+/// `HashMap<u32, [u8; 8]>` of the bench baseline program: IPv4 destination to next-hop MAC.
+pub const BASELINE_TARGETS: &str = "BASELINE_TARGETS";
+/// The bench baseline program.
+pub const PROG_BASELINE: &str = "failover_baseline";

@@ -1,0 +1,53 @@
+//! The bench's reference point: what any XDP forwarder must at least do. Parses
+//! Ethernet/IPv4/TCP, looks the destination up in one hash map, rewrites the MACs and
+//! transmits. `cargo xtask bench` reports the load balancer's figures as ratios to this.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::HashMap,
+    programs::XdpContext,
+};
+use failover_common::PROTO_TCP;
+use failover_ebpf::parse::{ETH_P_IP, EthHdr, Ipv4Hdr, TcpHdr, ptr_at};
+
+/// IPv4 destination -> next-hop MAC (padded to 8 bytes).
+#[map]
+static BASELINE_TARGETS: HashMap<u32, [u8; 8]> = HashMap::with_max_entries(1024, 0);
+
+#[xdp]
+pub fn failover_baseline(ctx: XdpContext) -> u32 {
+    forward(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+#[inline(always)]
+fn forward(ctx: &XdpContext) -> Option<u32> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    if unsafe { (*eth).proto_be } != ETH_P_IP.to_be() {
+        return None;
+    }
+    let ip: *const Ipv4Hdr = ptr_at(ctx, 14)?;
+    let (vihl, proto, dst) = unsafe { ((*ip).version_ihl, (*ip).proto, (*ip).dst_be) };
+    if proto != PROTO_TCP {
+        return None;
+    }
+    let _tcp: *const TcpHdr = ptr_at(ctx, 14 + ((vihl & 0x0f) as usize) * 4)?;
+    let mac = unsafe { BASELINE_TARGETS.get(&dst) }?;
+    unsafe {
+        (*eth).src = (*eth).dst;
+        (*eth).dst = [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
+    }
+    Some(xdp_action::XDP_TX)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

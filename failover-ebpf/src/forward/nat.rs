@@ -1,0 +1,128 @@
+//! Destination NAT (IPVS-style): requests are rewritten to the backend's address and port;
+//! the backend routes its replies through us and they are rewritten back to the VIP.
+//! Checksums are updated incrementally (RFC 1624), never recomputed.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use failover_common::{
+    Backend, Counter, FAMILY_IPV4, FlowKey, NatOrigin, PROTO_TCP, PROTO_UDP,
+};
+use failover_ebpf::{
+    csum,
+    parse::{Ipv4Hdr, Ipv6Hdr, L3, ptr_at},
+};
+
+use crate::maps::NAT_REPLIES;
+
+/// Rewrites a request towards `backend`; on a new flow, remembers how to translate the
+/// replies back.
+#[inline(always)]
+pub fn translate(
+    ctx: &XdpContext,
+    l3: &L3,
+    backend: &Backend,
+    key: &FlowKey,
+    service: u32,
+    new_flow: bool,
+) -> Result<(), Counter> {
+    let port_be = if backend.port_be != 0 { backend.port_be } else { key.dport_be };
+    if new_flow {
+        let reply = FlowKey {
+            src_be: backend.addr_be,
+            dst_be: key.src_be,
+            sport_be: port_be,
+            dport_be: key.sport_be,
+            proto: key.proto,
+            family: key.family,
+            _pad: [0; 2],
+        };
+        let origin = NatOrigin {
+            vip_be: key.dst_be,
+            vport_be: key.dport_be,
+            _pad: 0,
+            service,
+        };
+        // A full table evicts the oldest entry; a failed insert only costs that reply.
+        let _ = NAT_REPLIES.insert(&reply, &origin, 0);
+    }
+    rewrite(ctx, l3, Side::Destination, backend.addr_be, port_be)
+}
+
+/// Translates a backend's reply back to the VIP, if it is one; the kernel then routes it to
+/// the client (the load balancer is the backends' gateway in this mode).
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, l3: &L3, key: &FlowKey) -> Result<u32, Counter> {
+    let origin = unsafe { NAT_REPLIES.get(key) }.ok_or(Counter::PassNotService)?;
+    let (vip, vport) = (origin.vip_be, origin.vport_be);
+    rewrite(ctx, l3, Side::Source, vip, vport)?;
+    crate::stats::count(Counter::NatReply);
+    Ok(xdp_action::XDP_PASS)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Replaces one side's address (and port, unless the packet is a later fragment) and
+/// patches the IPv4 header and TCP/UDP checksums.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    l3: &L3,
+    side: Side,
+    addr: [u32; 4],
+    port_be: u16,
+) -> Result<(), Counter> {
+    // The L4 checksum covers the addresses (pseudo-header): collect the change as a sum.
+    let mut l4_delta: [u32; 4] = [0; 4];
+    let mut old_addr: [u32; 4] = [0; 4];
+    if l3.family == FAMILY_IPV4 {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, l3.l3_off).ok_or(Counter::DropAdjustFailed)?;
+        unsafe {
+            let field = if side == Side::Source { &mut (*ip).src_be } else { &mut (*ip).dst_be };
+            old_addr[0] = *field;
+            *field = addr[0];
+            (*ip).check = csum::replace32((*ip).check, old_addr[0], addr[0]);
+        }
+        l4_delta[0] = 1;
+    } else {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, l3.l3_off).ok_or(Counter::DropAdjustFailed)?;
+        unsafe {
+            let field = if side == Side::Source { &mut (*ip).src_be } else { &mut (*ip).dst_be };
+            old_addr = *field;
+            *field = addr;
+        }
+        l4_delta = [1; 4];
+    }
+    if l3.later_fragment {
+        return Ok(());
+    }
+    let (check_off, zero_means_none) = match l3.proto {
+        PROTO_TCP => (16, false),
+        PROTO_UDP => (6, l3.family == FAMILY_IPV4),
+        _ => return Ok(()),
+    };
+    let port_off = if side == Side::Source { 0 } else { 2 };
+    let port: *mut u16 = ptr_at(ctx, l3.l4_off + port_off).ok_or(Counter::DropAdjustFailed)?;
+    let check: *mut u16 = ptr_at(ctx, l3.l4_off + check_off).ok_or(Counter::DropAdjustFailed)?;
+    unsafe {
+        let old_port = *port;
+        *port = port_be;
+        let mut c = *check;
+        if zero_means_none && c == 0 {
+            return Ok(());
+        }
+        for i in 0..4 {
+            if l4_delta[i] != 0 {
+                c = csum::replace32(c, old_addr[i], addr[i]);
+            }
+        }
+        c = csum::replace16(c, old_port, port_be);
+        if l3.proto == PROTO_UDP && c == 0 {
+            c = 0xffff;
+        }
+        *check = c;
+    }
+    Ok(())
+}

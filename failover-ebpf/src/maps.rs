@@ -1,0 +1,55 @@
+//! The load balancer's maps. Names, keys and values come from `failover_common`; the sizes
+//! here are placeholders that the loader replaces from the config.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use failover_common::{
+    Backend, Counter, FlowKey, FlowValue, Globals, NatOrigin, ServiceKey, ServiceValue, Traffic,
+    maps::PLACEHOLDER_ENTRIES,
+};
+
+/// `BPF_F_MMAPABLE`: userspace writes Maglev tables through a memory mapping.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Virtual services by (VIP, port, protocol).
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(PLACEHOLDER_ENTRIES, 0);
+
+/// Maglev tables of backend ids, two halves per service (double-buffered).
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(PLACEHOLDER_ENTRIES, BPF_F_MMAPABLE);
+
+/// Backends by id.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(PLACEHOLDER_ENTRIES, 0);
+
+/// Connection table: which backend each known flow goes to.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(PLACEHOLDER_ENTRIES, 0);
+
+/// One counter per reason a packet was not forwarded (and a few notable events).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Traffic per service id.
+#[map]
+pub static SERVICE_TRAFFIC: PerCpuArray<Traffic> =
+    PerCpuArray::with_max_entries(PLACEHOLDER_ENTRIES, 0);
+
+/// Traffic per backend id.
+#[map]
+pub static BACKEND_TRAFFIC: PerCpuArray<Traffic> =
+    PerCpuArray::with_max_entries(PLACEHOLDER_ENTRIES, 0);
+
+/// Program-wide settings (one element).
+#[map]
+pub static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
+
+/// `nat` services: how to translate a backend's reply back to the VIP.
+#[map]
+pub static NAT_REPLIES: LruHashMap<FlowKey, NatOrigin> =
+    LruHashMap::with_max_entries(PLACEHOLDER_ENTRIES, 0);

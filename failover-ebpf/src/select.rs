@@ -1,0 +1,87 @@
+//! Which service a packet belongs to, and which backend its flow goes to.
+
+use failover_common::{
+    Backend, Counter, FlowKey, FlowValue, ServiceKey, ServiceValue, service::SVC_F_NO_BACKEND_PASS,
+};
+
+use crate::maps::{BACKENDS, FLOWS, RINGS, SERVICES};
+
+/// Finds the service for (VIP, port, protocol): the exact port first, then "every port".
+/// Fragments use their own key (`fragments = 1`): they carry no port to match.
+#[inline(always)]
+pub fn service(
+    family: u8,
+    proto: u8,
+    dst_be: [u32; 4],
+    port_be: u16,
+    fragment: bool,
+) -> Option<ServiceValue> {
+    let mut key = ServiceKey {
+        addr_be: dst_be,
+        port_be,
+        proto,
+        family,
+        fragments: fragment as u32,
+    };
+    if let Some(v) = unsafe { SERVICES.get(&key) } {
+        return Some(*v);
+    }
+    if fragment {
+        return None;
+    }
+    key.port_be = 0;
+    unsafe { SERVICES.get(&key) }.copied()
+}
+
+/// A backend picked for a packet.
+pub struct Pick {
+    /// Backend id.
+    pub id: u32,
+    /// The backend's forwarding data.
+    pub backend: Backend,
+    /// Not found in the connection table (or re-picked).
+    pub new_flow: bool,
+}
+
+/// The Maglev pick: one table lookup by the flow's hash.
+#[inline(always)]
+fn from_ring(svc: &ServiceValue, hash: u32) -> Result<(u32, Backend), Counter> {
+    if svc.ring_size == 0 {
+        return Err(if svc.flags & SVC_F_NO_BACKEND_PASS != 0 {
+            Counter::PassNoBackend
+        } else {
+            Counter::DropNoBackend
+        });
+    }
+    let slot = svc.ring_offset + hash % svc.ring_size;
+    let id = *RINGS.get(slot).ok_or(Counter::DropInternal)?;
+    let backend = *BACKENDS.get(id).ok_or(Counter::DropInternal)?;
+    Ok((id, backend))
+}
+
+/// Picks the backend for a flow: the connection table first (if its backend is still
+/// usable and this is not a new TCP connection), otherwise the Maglev table, remembering
+/// the choice. Stateless flows (fragments) only use the table.
+#[inline(always)]
+pub fn backend(svc: &ServiceValue, key: &FlowKey, stateful: bool, syn: bool) -> Result<Pick, Counter> {
+    if !stateful {
+        let (id, backend) = from_ring(svc, key.hash())?;
+        return Ok(Pick { id, backend, new_flow: false });
+    }
+    if let Some(v) = unsafe { FLOWS.get(key) } {
+        let id = v.backend;
+        if !syn {
+            if let Some(b) = BACKENDS.get(id) {
+                if b.usable_for(svc.id) {
+                    return Ok(Pick { id, backend: *b, new_flow: false });
+                }
+            }
+            crate::stats::count(Counter::FlowRepicked);
+        }
+    }
+    let (id, backend) = from_ring(svc, key.hash())?;
+    let value = FlowValue { backend: id, service: svc.id };
+    // A full table evicts the least recently used flow; failure here only loses stickiness.
+    let _ = FLOWS.insert(key, &value, 0);
+    Ok(Pick { id, backend, new_flow: true })
+}

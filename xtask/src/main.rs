@@ -1,0 +1,37 @@
+//! Project tasks: `cargo xtask setup | test | demo | bench | drill`.
+//!
+//! Every install step the project needs lives in `setup`, so a fresh machine needs nothing
+//! done by hand.
+
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "failover project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: rust-src, bpf-linker, iproute2, ethtool.
+    Setup,
+    /// Run every test: formatting, clippy, unit tests, packet tests, end-to-end tests.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test { no_lint, filter } => test::run(no_lint, filter.as_deref()),
+    }
+}

@@ -1,0 +1,46 @@
+//! `cargo xtask test`: every test, in three tiers: unit tests (no privileges), packet tests
+//! (BPF_PROG_TEST_RUN on the real object) and end-to-end tests in network namespaces.
+//! The last two need root; without it they fail loudly, never skip.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::setup::run_cmd;
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn run(no_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
+    if !no_lint {
+        println!("test: cargo fmt --check");
+        run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        println!("test: cargo clippy");
+        run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("packet and end-to-end tests load BPF programs and create network namespaces: run `cargo xtask test` as root (sudo -E)");
+    }
+    let mut unit = cargo();
+    unit.args(["test", "--workspace", "--exclude", "failover-tests"]);
+    if let Some(f) = filter {
+        unit.arg(f);
+    }
+    println!("test: unit tests");
+    run_cmd(&mut unit)?;
+    // Namespace tests share the host's network stack: one at a time.
+    let mut e2e = cargo();
+    e2e.args(["test", "-p", "failover-tests"]);
+    if let Some(f) = filter {
+        e2e.arg(f);
+    }
+    e2e.args(["--", "--test-threads=1"]);
+    println!("test: packet and end-to-end tests");
+    run_cmd(&mut e2e)
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
