@@ -28,7 +28,10 @@ fn main() -> anyhow::Result<()> {
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if !skip
         && !linker_dir.join("bpf-linker").exists()
-        && std::process::Command::new("bpf-linker").arg("--version").output().is_err()
+        && std::process::Command::new("bpf-linker")
+            .arg("--version")
+            .output()
+            .is_err()
     {
         return Err(anyhow!(
             "bpf-linker not found (looked in {} and PATH): run `cargo xtask setup` first",
@@ -39,7 +42,11 @@ fn main() -> anyhow::Result<()> {
     let ebpf = cargo_metadata_root()?.join("failover-ebpf");
     let ebpf = ebpf.to_str().context("non-UTF-8 path")?;
     aya_build::build_ebpf(
-        [Package { name: "failover-ebpf", root_dir: ebpf, ..Default::default() }],
+        [Package {
+            name: "failover-ebpf",
+            root_dir: ebpf,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )?;
     if skip {
@@ -58,5 +65,8 @@ fn main() -> anyhow::Result<()> {
 
 fn cargo_metadata_root() -> anyhow::Result<PathBuf> {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
-    manifest.parent().map(PathBuf::from).context("workspace root")
+    manifest
+        .parent()
+        .map(PathBuf::from)
+        .context("workspace root")
 }

@@ -5,9 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv4HeaderSlice,
-    Ipv6FragmentHeader, Ipv6Header, Ipv6HeaderSlice, PacketBuilder, UdpHeader,
-    icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Type, VlanId,
+    EtherType, Ethernet2Header, Icmpv4Type, Icmpv6Type, IpFragOffset, IpHeaders, IpNumber,
+    Ipv4Header, Ipv4HeaderSlice, Ipv6FragmentHeader, Ipv6Header, Ipv6HeaderSlice, PacketBuilder,
+    UdpHeader, VlanId, icmpv4::DestUnreachableHeader,
 };
 use failover_common::Counter;
 use failover_tests::rig::{Rig, XDP_DROP, XDP_PASS, XDP_TX, backend_mac, verdict_name};
@@ -214,9 +214,18 @@ fn build(b: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     v
 }
 
-fn tcp4_from(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+fn tcp4_from(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+) -> Vec<u8> {
     build(|v| {
-        let b = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src, dst, 64).tcp(sport, dport, 1000, 65535);
+        let b = PacketBuilder::ethernet2(macs.0, macs.1)
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 1000, 65535);
         let b = if syn { b.syn() } else { b.ack(77) };
         b.write(v, PAYLOAD).unwrap();
     })
@@ -224,7 +233,13 @@ fn tcp4_from(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], sport: u16, d
 fn tcp4(dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     tcp4_from((CLIENT_MAC, LB_MAC), CLIENT4, dst, sport, dport, true)
 }
-fn udp4_from(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+fn udp4_from(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     build(|v| {
         PacketBuilder::ethernet2(macs.0, macs.1)
             .ipv4(src, dst, 64)
@@ -236,7 +251,13 @@ fn udp4_from(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], sport: u16, d
 fn udp4(dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     udp4_from((CLIENT_MAC, LB_MAC), CLIENT4, dst, sport, dport)
 }
-fn tcp6_from(macs: ([u8; 6], [u8; 6]), src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+fn tcp6_from(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     build(|v| {
         PacketBuilder::ethernet2(macs.0, macs.1)
             .ipv6(src, dst, 64)
@@ -287,9 +308,14 @@ fn options_tcp4(dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 fn frag4(dst: [u8; 4], first: bool) -> Vec<u8> {
     build(|v| {
         let body: Vec<u8> = if first {
-            let mut u = UdpHeader { source_port: 4000, destination_port: 53, length: 8 + 64, checksum: 0 }
-                .to_bytes()
-                .to_vec();
+            let mut u = UdpHeader {
+                source_port: 4000,
+                destination_port: 53,
+                length: 8 + 64,
+                checksum: 0,
+            }
+            .to_bytes()
+            .to_vec();
             u.extend_from_slice(&[0xab; 24]);
             u
         } else {
@@ -300,9 +326,13 @@ fn frag4(dst: [u8; 4], first: bool) -> Vec<u8> {
         h.more_fragments = first;
         h.fragment_offset = IpFragOffset::try_new(if first { 0 } else { 4 }).unwrap();
         h.header_checksum = h.calc_header_checksum();
-        Ethernet2Header { source: CLIENT_MAC, destination: LB_MAC, ether_type: EtherType::IPV4 }
-            .write(v)
-            .unwrap();
+        Ethernet2Header {
+            source: CLIENT_MAC,
+            destination: LB_MAC,
+            ether_type: EtherType::IPV4,
+        }
+        .write(v)
+        .unwrap();
         h.write(v).unwrap();
         v.extend_from_slice(&body);
     })
@@ -312,15 +342,25 @@ fn frag4(dst: [u8; 4], first: bool) -> Vec<u8> {
 fn frag6(dst: [u8; 16], first: bool) -> Vec<u8> {
     build(|v| {
         let body: Vec<u8> = if first {
-            let mut u = UdpHeader { source_port: 4000, destination_port: 53, length: 8 + 64, checksum: 0 }
-                .to_bytes()
-                .to_vec();
+            let mut u = UdpHeader {
+                source_port: 4000,
+                destination_port: 53,
+                length: 8 + 64,
+                checksum: 0,
+            }
+            .to_bytes()
+            .to_vec();
             u.extend_from_slice(&[0xab; 24]);
             u
         } else {
             vec![0xcd; 24]
         };
-        let fh = Ipv6FragmentHeader::new(IpNumber::UDP, IpFragOffset::try_new(if first { 0 } else { 4 }).unwrap(), first, 7);
+        let fh = Ipv6FragmentHeader::new(
+            IpNumber::UDP,
+            IpFragOffset::try_new(if first { 0 } else { 4 }).unwrap(),
+            first,
+            7,
+        );
         let h = Ipv6Header {
             payload_length: (8 + body.len()) as u16,
             next_header: IpNumber::IPV6_FRAGMENTATION_HEADER,
@@ -329,9 +369,13 @@ fn frag6(dst: [u8; 16], first: bool) -> Vec<u8> {
             destination: dst,
             ..Default::default()
         };
-        Ethernet2Header { source: CLIENT_MAC, destination: LB_MAC, ether_type: EtherType::IPV6 }
-            .write(v)
-            .unwrap();
+        Ethernet2Header {
+            source: CLIENT_MAC,
+            destination: LB_MAC,
+            ether_type: EtherType::IPV6,
+        }
+        .write(v)
+        .unwrap();
         h.write(v).unwrap();
         fh.write(v).unwrap();
         v.extend_from_slice(&body);
@@ -351,9 +395,13 @@ fn hop_by_hop6(dst: [u8; 16]) -> Vec<u8> {
             destination: dst,
             ..Default::default()
         };
-        Ethernet2Header { source: CLIENT_MAC, destination: LB_MAC, ether_type: EtherType::IPV6 }
-            .write(v)
-            .unwrap();
+        Ethernet2Header {
+            source: CLIENT_MAC,
+            destination: LB_MAC,
+            ether_type: EtherType::IPV6,
+        }
+        .write(v)
+        .unwrap();
         h.write(v).unwrap();
         v.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]); // next = TCP, PadN
         v.extend_from_slice(l4);
@@ -368,9 +416,9 @@ fn icmp4_frag_needed(vip: [u8; 4]) -> Vec<u8> {
     build(|v| {
         PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
             .ipv4(ROUTER4, vip, 64)
-            .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
-                next_hop_mtu: 1400,
-            }))
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ))
             .write(v, quote)
             .unwrap()
     })
@@ -438,8 +486,20 @@ struct Case {
     counter: Option<Counter>,
 }
 
-fn case(name: &'static str, packet: Vec<u8>, verdict: u32, expect: Expect, counter: Option<Counter>) -> Case {
-    Case { name, packet, verdict, expect, counter }
+fn case(
+    name: &'static str,
+    packet: Vec<u8>,
+    verdict: u32,
+    expect: Expect,
+    counter: Option<Counter>,
+) -> Case {
+    Case {
+        name,
+        packet,
+        verdict,
+        expect,
+        counter,
+    }
 }
 
 fn dsr(name: &'static str, packet: Vec<u8>, backend: IpAddr) -> Case {
@@ -458,7 +518,11 @@ fn passed(name: &'static str, packet: Vec<u8>, counter: Counter) -> Case {
 /// Checks an encapsulated packet: MACs, EtherType, a valid outer header from the tunnel
 /// source range to the backend, and the original IP packet inside, untouched.
 fn check_tunnel(name: &str, input: &[u8], out: &[u8], backend: IpAddr) {
-    let l3_off = if input[12..14] == [0x81, 0x00] { 18 } else { 14 };
+    let l3_off = if input[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
     let inner = &input[l3_off..];
     assert_eq!(out[..6], backend_mac(backend), "{name}: destination MAC");
     assert_eq!(out[6..12], LB_MAC, "{name}: source MAC");
@@ -468,23 +532,55 @@ fn check_tunnel(name: &str, input: &[u8], out: &[u8], backend: IpAddr) {
     let inner_proto = if input[l3_off] >> 4 == 4 { 4 } else { 41 };
     match backend {
         IpAddr::V4(b) => {
-            assert_eq!(out[l3_off - 2..l3_off], [0x08, 0x00], "{name}: EtherType IPv4");
-            let h = Ipv4HeaderSlice::from_slice(&out[l3_off..]).expect("outer IPv4 header").to_header();
+            assert_eq!(
+                out[l3_off - 2..l3_off],
+                [0x08, 0x00],
+                "{name}: EtherType IPv4"
+            );
+            let h = Ipv4HeaderSlice::from_slice(&out[l3_off..])
+                .expect("outer IPv4 header")
+                .to_header();
             assert_eq!(h.destination, b.octets(), "{name}: outer destination");
-            assert_eq!(h.source[..3], [198, 18, 250], "{name}: outer source in 198.18.250.0/24");
+            assert_eq!(
+                h.source[..3],
+                [198, 18, 250],
+                "{name}: outer source in 198.18.250.0/24"
+            );
             assert_eq!(h.protocol.0, inner_proto, "{name}: outer protocol");
-            assert_eq!(h.total_len as usize, 20 + inner.len(), "{name}: outer length");
-            assert_eq!(h.header_checksum, h.calc_header_checksum(), "{name}: outer checksum");
+            assert_eq!(
+                h.total_len as usize,
+                20 + inner.len(),
+                "{name}: outer length"
+            );
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "{name}: outer checksum"
+            );
             assert_eq!(&out[l3_off + 20..], inner, "{name}: inner packet untouched");
         }
         IpAddr::V6(b) => {
-            assert_eq!(out[l3_off - 2..l3_off], [0x86, 0xdd], "{name}: EtherType IPv6");
-            let h = Ipv6HeaderSlice::from_slice(&out[l3_off..]).expect("outer IPv6 header").to_header();
+            assert_eq!(
+                out[l3_off - 2..l3_off],
+                [0x86, 0xdd],
+                "{name}: EtherType IPv6"
+            );
+            let h = Ipv6HeaderSlice::from_slice(&out[l3_off..])
+                .expect("outer IPv6 header")
+                .to_header();
             assert_eq!(h.destination, b.octets(), "{name}: outer destination");
             let range = [0x20, 0x01, 0x0d, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0];
-            assert_eq!(h.source[..14], range, "{name}: outer source in 2001:db8:ffff::/112");
+            assert_eq!(
+                h.source[..14],
+                range,
+                "{name}: outer source in 2001:db8:ffff::/112"
+            );
             assert_eq!(h.next_header.0, inner_proto, "{name}: next header");
-            assert_eq!(h.payload_length as usize, inner.len(), "{name}: payload length");
+            assert_eq!(
+                h.payload_length as usize,
+                inner.len(),
+                "{name}: payload length"
+            );
             assert_eq!(&out[l3_off + 40..], inner, "{name}: inner packet untouched");
         }
     }
@@ -492,7 +588,9 @@ fn check_tunnel(name: &str, input: &[u8], out: &[u8], backend: IpAddr) {
 
 fn run_case(rig: &mut Rig, c: &Case) {
     let before = c.counter.map(|k| rig.counter(k).unwrap());
-    let out = rig.run(&c.packet).unwrap_or_else(|e| panic!("{}: {e:#}", c.name));
+    let out = rig
+        .run(&c.packet)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", c.name));
     assert_eq!(
         verdict_name(out.verdict),
         verdict_name(c.verdict),
@@ -505,7 +603,13 @@ fn run_case(rig: &mut Rig, c: &Case) {
         Expect::Tunnel { backend } => check_tunnel(c.name, &c.packet, &out.bytes, *backend),
     }
     if let (Some(k), Some(b)) = (c.counter, before) {
-        assert_eq!(rig.counter(k).unwrap(), b + 1, "{}: counter {} must count it", c.name, k.name());
+        assert_eq!(
+            rig.counter(k).unwrap(),
+            b + 1,
+            "{}: counter {} must count it",
+            c.name,
+            k.name()
+        );
     }
 }
 
@@ -519,62 +623,143 @@ fn forwarding_table() {
         dsr("dsr ipv4 udp", udp4(vip4, 4000, 53), ip4([198, 18, 1, 2])),
         dsr("dsr ipv6 tcp", tcp6(vip6, 4000, 80), ip6(v6net(2, 1))),
         dsr("dsr ipv6 udp", udp6(vip6, 4000, 53), ip6(v6net(2, 2))),
-        dsr("dsr vlan ipv4 tcp", vlan_tcp4(vip4, 4001, 80), ip4([198, 18, 1, 1])),
-        dsr("dsr ipv4 options tcp", options_tcp4(vip4, 4002, 80), ip4([198, 18, 1, 1])),
-        dsr("dsr all-ports udp", udp4([198, 18, 0, 14], 4000, 9999), ip4([198, 18, 1, 6])),
-        tunnel("tunnel ipv4 tcp", tcp4([198, 18, 0, 11], 4000, 80), ip4([198, 18, 1, 3])),
-        tunnel("tunnel ipv4 udp", udp4([198, 18, 0, 11], 4000, 53), ip4([198, 18, 1, 3])),
-        tunnel("tunnel ipv6 tcp", tcp6(v6net(1, 0x11), 4000, 80), ip6(v6net(2, 3))),
-        tunnel("tunnel ipv4 in ipv6", tcp4([198, 18, 0, 12], 4000, 80), ip6(v6net(2, 4))),
-        tunnel("tunnel ipv6 in ipv4", tcp6(v6net(1, 0x12), 4000, 80), ip4([198, 18, 1, 4])),
-        tunnel("tunnel vlan ipv4 tcp", vlan_tcp4([198, 18, 0, 11], 4003, 80), ip4([198, 18, 1, 3])),
+        dsr(
+            "dsr vlan ipv4 tcp",
+            vlan_tcp4(vip4, 4001, 80),
+            ip4([198, 18, 1, 1]),
+        ),
+        dsr(
+            "dsr ipv4 options tcp",
+            options_tcp4(vip4, 4002, 80),
+            ip4([198, 18, 1, 1]),
+        ),
+        dsr(
+            "dsr all-ports udp",
+            udp4([198, 18, 0, 14], 4000, 9999),
+            ip4([198, 18, 1, 6]),
+        ),
+        tunnel(
+            "tunnel ipv4 tcp",
+            tcp4([198, 18, 0, 11], 4000, 80),
+            ip4([198, 18, 1, 3]),
+        ),
+        tunnel(
+            "tunnel ipv4 udp",
+            udp4([198, 18, 0, 11], 4000, 53),
+            ip4([198, 18, 1, 3]),
+        ),
+        tunnel(
+            "tunnel ipv6 tcp",
+            tcp6(v6net(1, 0x11), 4000, 80),
+            ip6(v6net(2, 3)),
+        ),
+        tunnel(
+            "tunnel ipv4 in ipv6",
+            tcp4([198, 18, 0, 12], 4000, 80),
+            ip6(v6net(2, 4)),
+        ),
+        tunnel(
+            "tunnel ipv6 in ipv4",
+            tcp6(v6net(1, 0x12), 4000, 80),
+            ip4([198, 18, 1, 4]),
+        ),
+        tunnel(
+            "tunnel vlan ipv4 tcp",
+            vlan_tcp4([198, 18, 0, 11], 4003, 80),
+            ip4([198, 18, 1, 3]),
+        ),
         case(
             "nat ipv4 tcp",
             tcp4([198, 18, 0, 13], 4000, 80),
             XDP_TX,
-            Expect::Bytes(tcp4_from((LB_MAC, backend_mac(ip4([198, 18, 1, 5]))), CLIENT4, [198, 18, 1, 5], 4000, 8080, true)),
+            Expect::Bytes(tcp4_from(
+                (LB_MAC, backend_mac(ip4([198, 18, 1, 5]))),
+                CLIENT4,
+                [198, 18, 1, 5],
+                4000,
+                8080,
+                true,
+            )),
             None,
         ),
         case(
             "nat ipv4 udp",
             udp4([198, 18, 0, 13], 4000, 53),
             XDP_TX,
-            Expect::Bytes(udp4_from((LB_MAC, backend_mac(ip4([198, 18, 1, 5]))), CLIENT4, [198, 18, 1, 5], 4000, 5353)),
+            Expect::Bytes(udp4_from(
+                (LB_MAC, backend_mac(ip4([198, 18, 1, 5]))),
+                CLIENT4,
+                [198, 18, 1, 5],
+                4000,
+                5353,
+            )),
             None,
         ),
         case(
             "nat ipv6 tcp",
             tcp6(v6net(1, 0x13), 4000, 80),
             XDP_TX,
-            Expect::Bytes(tcp6_from((LB_MAC, backend_mac(ip6(v6net(2, 5)))), CLIENT6, v6net(2, 5), 4000, 8080)),
+            Expect::Bytes(tcp6_from(
+                (LB_MAC, backend_mac(ip6(v6net(2, 5)))),
+                CLIENT6,
+                v6net(2, 5),
+                4000,
+                8080,
+            )),
             None,
         ),
         case(
             "nat ipv4 tcp reply translated back to the VIP",
-            tcp4_from((CLIENT_MAC, LB_MAC), [198, 18, 1, 5], CLIENT4, 8080, 4000, false),
+            tcp4_from(
+                (CLIENT_MAC, LB_MAC),
+                [198, 18, 1, 5],
+                CLIENT4,
+                8080,
+                4000,
+                false,
+            ),
             XDP_PASS,
-            Expect::Bytes(tcp4_from((CLIENT_MAC, LB_MAC), [198, 18, 0, 13], CLIENT4, 80, 4000, false)),
+            Expect::Bytes(tcp4_from(
+                (CLIENT_MAC, LB_MAC),
+                [198, 18, 0, 13],
+                CLIENT4,
+                80,
+                4000,
+                false,
+            )),
             Some(Counter::NatReply),
         ),
         case(
             "nat ipv4 udp reply translated back to the VIP",
             udp4_from((CLIENT_MAC, LB_MAC), [198, 18, 1, 5], CLIENT4, 5353, 4000),
             XDP_PASS,
-            Expect::Bytes(udp4_from((CLIENT_MAC, LB_MAC), [198, 18, 0, 13], CLIENT4, 53, 4000)),
+            Expect::Bytes(udp4_from(
+                (CLIENT_MAC, LB_MAC),
+                [198, 18, 0, 13],
+                CLIENT4,
+                53,
+                4000,
+            )),
             Some(Counter::NatReply),
         ),
         case(
             "ipv4 first fragment",
             frag4([198, 18, 0, 14], true),
             XDP_TX,
-            Expect::Bytes(to_backend(&frag4([198, 18, 0, 14], true), ip4([198, 18, 1, 6]))),
+            Expect::Bytes(to_backend(
+                &frag4([198, 18, 0, 14], true),
+                ip4([198, 18, 1, 6]),
+            )),
             Some(Counter::Fragment),
         ),
         case(
             "ipv4 later fragment goes to the same backend",
             frag4([198, 18, 0, 14], false),
             XDP_TX,
-            Expect::Bytes(to_backend(&frag4([198, 18, 0, 14], false), ip4([198, 18, 1, 6]))),
+            Expect::Bytes(to_backend(
+                &frag4([198, 18, 0, 14], false),
+                ip4([198, 18, 1, 6]),
+            )),
             Some(Counter::Fragment),
         ),
         case(
@@ -584,7 +769,11 @@ fn forwarding_table() {
             Expect::Bytes(to_backend(&frag6(vip6, false), ip6(v6net(2, 2)))),
             Some(Counter::Fragment),
         ),
-        passed("ipv4 fragment to a VIP with several services and no all-ports one", frag4(vip4, false), Counter::PassNotService),
+        passed(
+            "ipv4 fragment to a VIP with several services and no all-ports one",
+            frag4(vip4, false),
+            Counter::PassNotService,
+        ),
         case(
             "icmp fragmentation needed reaches the flow's backend",
             icmp4_frag_needed(vip4),
@@ -599,14 +788,44 @@ fn forwarding_table() {
             Expect::Bytes(to_backend(&icmp6_too_big(vip6), ip6(v6net(2, 1)))),
             Some(Counter::IcmpToBackend),
         ),
-        passed("icmp echo to a VIP passes", icmp4_echo(vip4), Counter::PassNotService),
-        passed("icmp error about no service passes", icmp4_frag_needed([198, 18, 0, 99]), Counter::PassIcmpNotService),
-        passed("tcp to a non-VIP passes", tcp4([198, 18, 0, 99], 4000, 80), Counter::PassNotService),
-        passed("tcp to a VIP on another port passes", tcp4(vip4, 4000, 443), Counter::PassNotService),
+        passed(
+            "icmp echo to a VIP passes",
+            icmp4_echo(vip4),
+            Counter::PassNotService,
+        ),
+        passed(
+            "icmp error about no service passes",
+            icmp4_frag_needed([198, 18, 0, 99]),
+            Counter::PassIcmpNotService,
+        ),
+        passed(
+            "tcp to a non-VIP passes",
+            tcp4([198, 18, 0, 99], 4000, 80),
+            Counter::PassNotService,
+        ),
+        passed(
+            "tcp to a VIP on another port passes",
+            tcp4(vip4, 4000, 443),
+            Counter::PassNotService,
+        ),
         passed("arp passes", arp(), Counter::PassNotIp),
-        passed("ipv6 hop-by-hop header passes", hop_by_hop6(vip6), Counter::PassIpv6ExtHeader),
-        case("no usable backend: drop", tcp4([198, 18, 0, 15], 4000, 80), XDP_DROP, Expect::Unchanged, Some(Counter::DropNoBackend)),
-        passed("no usable backend: pass", tcp4([198, 18, 0, 15], 4000, 81), Counter::PassNoBackend),
+        passed(
+            "ipv6 hop-by-hop header passes",
+            hop_by_hop6(vip6),
+            Counter::PassIpv6ExtHeader,
+        ),
+        case(
+            "no usable backend: drop",
+            tcp4([198, 18, 0, 15], 4000, 80),
+            XDP_DROP,
+            Expect::Unchanged,
+            Some(Counter::DropNoBackend),
+        ),
+        passed(
+            "no usable backend: pass",
+            tcp4([198, 18, 0, 15], 4000, 81),
+            Counter::PassNoBackend,
+        ),
         case(
             "tunnel packet over the MTU is dropped",
             build(|v| {
@@ -620,9 +839,33 @@ fn forwarding_table() {
             Expect::Unchanged,
             Some(Counter::DropTooBig),
         ),
-        passed("ipv4 version 5 is malformed", { let mut p = tcp4(vip4, 4000, 80); p[14] = 0x55; p }, Counter::PassMalformedL3),
-        passed("ipv4 header length 4 is malformed", { let mut p = tcp4(vip4, 4000, 80); p[14] = 0x44; p }, Counter::PassMalformedL3),
-        passed("ipv4 total length beyond the frame is malformed", { let mut p = tcp4(vip4, 4000, 80); p[16] = 0x05; p }, Counter::PassMalformedL3),
+        passed(
+            "ipv4 version 5 is malformed",
+            {
+                let mut p = tcp4(vip4, 4000, 80);
+                p[14] = 0x55;
+                p
+            },
+            Counter::PassMalformedL3,
+        ),
+        passed(
+            "ipv4 header length 4 is malformed",
+            {
+                let mut p = tcp4(vip4, 4000, 80);
+                p[14] = 0x44;
+                p
+            },
+            Counter::PassMalformedL3,
+        ),
+        passed(
+            "ipv4 total length beyond the frame is malformed",
+            {
+                let mut p = tcp4(vip4, 4000, 80);
+                p[16] = 0x05;
+                p
+            },
+            Counter::PassMalformedL3,
+        ),
     ];
     for c in &cases {
         run_case(&mut rig, c);
@@ -655,10 +898,21 @@ fn every_truncation_is_passed_untouched() {
             let cut = &full[..len];
             let before: u64 = reasons.iter().map(|&r| rig.counter(r).unwrap()).sum();
             let out = rig.run(cut).unwrap();
-            assert_eq!(verdict_name(out.verdict), "XDP_PASS", "{name} cut to {len} bytes: verdict");
-            assert_eq!(out.bytes, cut, "{name} cut to {len} bytes: bytes must be unchanged");
+            assert_eq!(
+                verdict_name(out.verdict),
+                "XDP_PASS",
+                "{name} cut to {len} bytes: verdict"
+            );
+            assert_eq!(
+                out.bytes, cut,
+                "{name} cut to {len} bytes: bytes must be unchanged"
+            );
             let after: u64 = reasons.iter().map(|&r| rig.counter(r).unwrap()).sum();
-            assert_eq!(after, before + 1, "{name} cut to {len} bytes: one malformed/truncated counter must count it");
+            assert_eq!(
+                after,
+                before + 1,
+                "{name} cut to {len} bytes: one malformed/truncated counter must count it"
+            );
         }
     }
 }
@@ -695,27 +949,51 @@ table_size = 1021
     for p in 0..flows {
         let out = rig.run(&tcp4([198, 18, 0, 10], 10_000 + p, 80)).unwrap();
         assert_eq!(out.verdict, XDP_TX);
-        let idx = macs.iter().position(|m| out.bytes[..6] == *m).expect("a backend's MAC");
+        let idx = macs
+            .iter()
+            .position(|m| out.bytes[..6] == *m)
+            .expect("a backend's MAC");
         per_backend[idx] += 1;
         first.push(idx);
     }
     for (i, n) in per_backend.iter().enumerate() {
         let share = *n as f64 / flows as f64;
-        assert!((share - 1.0 / 3.0).abs() < 0.05, "backend w{} got {:.1}% of flows, expected about 33%", i + 1, share * 100.0);
+        assert!(
+            (share - 1.0 / 3.0).abs() < 0.05,
+            "backend w{} got {:.1}% of flows, expected about 33%",
+            i + 1,
+            share * 100.0
+        );
     }
     // w2 becomes unusable: its flows move, every other flow stays (ACKs, not SYNs).
     rig.set_usable(&|_, b| b != "w2").unwrap();
     let repicked_before = rig.counter(Counter::FlowRepicked).unwrap();
     for p in 0..flows {
-        let pkt = tcp4_from((CLIENT_MAC, LB_MAC), CLIENT4, [198, 18, 0, 10], 10_000 + p, 80, false);
+        let pkt = tcp4_from(
+            (CLIENT_MAC, LB_MAC),
+            CLIENT4,
+            [198, 18, 0, 10],
+            10_000 + p,
+            80,
+            false,
+        );
         let out = rig.run(&pkt).unwrap();
-        let idx = macs.iter().position(|m| out.bytes[..6] == *m).expect("a backend's MAC");
+        let idx = macs
+            .iter()
+            .position(|m| out.bytes[..6] == *m)
+            .expect("a backend's MAC");
         if first[p as usize] == 1 {
             assert_ne!(idx, 1, "flow {p} still goes to the unusable backend");
         } else {
-            assert_eq!(idx, first[p as usize], "flow {p} on a healthy backend moved");
+            assert_eq!(
+                idx, first[p as usize],
+                "flow {p} on a healthy backend moved"
+            );
         }
     }
     let repicked = rig.counter(Counter::FlowRepicked).unwrap() - repicked_before;
-    assert_eq!(repicked as usize, per_backend[1], "every flow of w2, and only those, is re-picked");
+    assert_eq!(
+        repicked as usize, per_backend[1],
+        "every flow of w2, and only those, is re-picked"
+    );
 }

@@ -8,6 +8,9 @@ pub const PROG_BALANCER: &str = "failover_xdp";
 /// The decapsulation program for backends of `tunnel` services.
 pub const PROG_DECAP: &str = "failover_decap";
 
+/// The pass-everything program (in the decap object).
+pub const PROG_PASS: &str = "failover_pass";
+
 /// `HashMap<ServiceKey, ServiceValue>`: the virtual services.
 pub const SERVICES: &str = "SERVICES";
 /// `Array<u32>`: concatenated Maglev lookup tables (two halves per service) of backend ids.

@@ -30,7 +30,10 @@ pub fn handle(ctx: &XdpContext, l2: L2, l3: &L3) -> Result<u32, Counter> {
     if !too_big {
         return Err(Counter::PassNotService);
     }
-    let inner_l2 = L2 { l3_off: l3.l4_off + core::mem::size_of::<IcmpHdr>(), family: l3.family };
+    let inner_l2 = L2 {
+        l3_off: l3.l4_off + core::mem::size_of::<IcmpHdr>(),
+        family: l3.family,
+    };
     let inner = parse::parse_quoted_l3(ctx, inner_l2).map_err(|_| Counter::PassIcmpNotService)?;
     if (inner.proto != PROTO_TCP && inner.proto != PROTO_UDP) || inner.fragment {
         return Err(Counter::PassIcmpNotService);

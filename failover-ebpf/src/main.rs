@@ -37,7 +37,11 @@ fn balance(ctx: &XdpContext) -> Result<u32, Counter> {
         return Err(Counter::PassNotService);
     }
     let l4 = if l3.fragment {
-        L4 { sport_be: 0, dport_be: 0, tcp_flags: 0 }
+        L4 {
+            sport_be: 0,
+            dport_be: 0,
+            tcp_flags: 0,
+        }
     } else {
         parse::parse_l4(ctx, &l3).ok_or(Counter::PassTruncatedL4)?
     };
@@ -71,7 +75,9 @@ fn balance(ctx: &XdpContext) -> Result<u32, Counter> {
 /// Traffic to no service: a `nat` backend's reply to translate back, or none of ours.
 #[inline(always)]
 fn not_a_service(ctx: &XdpContext, l3: &L3, key: &FlowKey) -> Result<u32, Counter> {
-    let nat = maps::GLOBALS.get(0).is_some_and(|g| g.flags & GLOBAL_F_NAT != 0);
+    let nat = maps::GLOBALS
+        .get(0)
+        .is_some_and(|g| g.flags & GLOBAL_F_NAT != 0);
     if nat && !l3.fragment {
         return forward::nat_reply(ctx, l3, key);
     }

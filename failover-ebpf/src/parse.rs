@@ -137,8 +137,14 @@ pub fn parse_l2(ctx: &XdpContext) -> Result<L2, Counter> {
         l3_off += core::mem::size_of::<VlanHdr>();
     }
     match proto {
-        ETH_P_IP => Ok(L2 { l3_off, family: FAMILY_IPV4 }),
-        ETH_P_IPV6 => Ok(L2 { l3_off, family: FAMILY_IPV6 }),
+        ETH_P_IP => Ok(L2 {
+            l3_off,
+            family: FAMILY_IPV4,
+        }),
+        ETH_P_IPV6 => Ok(L2 {
+            l3_off,
+            family: FAMILY_IPV6,
+        }),
         _ => Err(Counter::PassNotIp),
     }
 }
@@ -303,5 +309,6 @@ pub fn parse_l4(ctx: &XdpContext, l3: &L3) -> Option<L4> {
 /// Whether `proto` is an ICMP of the family.
 #[inline(always)]
 pub const fn is_icmp(family: u8, proto: u8) -> bool {
-    (family == FAMILY_IPV4 && proto == PROTO_ICMP) || (family == FAMILY_IPV6 && proto == PROTO_ICMPV6)
+    (family == FAMILY_IPV4 && proto == PROTO_ICMP)
+        || (family == FAMILY_IPV6 && proto == PROTO_ICMPV6)
 }

@@ -63,25 +63,45 @@ fn from_ring(svc: &ServiceValue, hash: u32) -> Result<(u32, Backend), Counter> {
 /// usable and this is not a new TCP connection), otherwise the Maglev table, remembering
 /// the choice. Stateless flows (fragments) only use the table.
 #[inline(always)]
-pub fn backend(svc: &ServiceValue, key: &FlowKey, stateful: bool, syn: bool) -> Result<Pick, Counter> {
+pub fn backend(
+    svc: &ServiceValue,
+    key: &FlowKey,
+    stateful: bool,
+    syn: bool,
+) -> Result<Pick, Counter> {
     if !stateful {
         let (id, backend) = from_ring(svc, key.hash())?;
-        return Ok(Pick { id, backend, new_flow: false });
+        return Ok(Pick {
+            id,
+            backend,
+            new_flow: false,
+        });
     }
     if let Some(v) = unsafe { FLOWS.get(key) } {
         let id = v.backend;
         if !syn {
             if let Some(b) = BACKENDS.get(id) {
                 if b.usable_for(svc.id) {
-                    return Ok(Pick { id, backend: *b, new_flow: false });
+                    return Ok(Pick {
+                        id,
+                        backend: *b,
+                        new_flow: false,
+                    });
                 }
             }
             crate::stats::count(Counter::FlowRepicked);
         }
     }
     let (id, backend) = from_ring(svc, key.hash())?;
-    let value = FlowValue { backend: id, service: svc.id };
+    let value = FlowValue {
+        backend: id,
+        service: svc.id,
+    };
     // A full table evicts the least recently used flow; failure here only loses stickiness.
     let _ = FLOWS.insert(key, &value, 0);
-    Ok(Pick { id, backend, new_flow: true })
+    Ok(Pick {
+        id,
+        backend,
+        new_flow: true,
+    })
 }

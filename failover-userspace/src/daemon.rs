@@ -57,7 +57,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut dp = Dataplane::new(ebpf)?;
     let mut macs = resolve_all(&cfg, Duration::from_secs(1));
     let all_usable = |_: &str, _: &str| true;
-    program::apply(&mut dp, &cfg, &plan, &|a| macs.get(&a).copied().unwrap_or([0; 6]), &all_usable)?;
+    program::apply(
+        &mut dp,
+        &cfg,
+        &plan,
+        &|a| macs.get(&a).copied().unwrap_or([0; 6]),
+        &all_usable,
+    )?;
     loader::attach(
         dp.ebpf_mut(),
         failover_common::maps::PROG_BALANCER,
@@ -94,6 +100,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("stopping: the XDP program is detached with the daemon (pinning comes with issue 4)");
+    tracing::info!(
+        "stopping: the XDP program is detached with the daemon (pinning comes with issue 4)"
+    );
     Ok(())
 }

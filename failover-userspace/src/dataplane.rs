@@ -109,10 +109,13 @@ impl RingMemory {
         if ptr == libc::MAP_FAILED {
             return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
         }
-        let ptr = NonNull::new(ptr.cast::<u64>()).ok_or_else(|| {
-            DataplaneError::Mmap(std::io::Error::other("mmap returned NULL"))
-        })?;
-        Ok(Self { ptr, len: len as usize, bytes })
+        let ptr = NonNull::new(ptr.cast::<u64>())
+            .ok_or_else(|| DataplaneError::Mmap(std::io::Error::other("mmap returned NULL")))?;
+        Ok(Self {
+            ptr,
+            len: len as usize,
+            bytes,
+        })
     }
 
     fn slots(&mut self) -> &mut [u64] {
@@ -151,8 +154,13 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<T, DataplaneError> {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::Map { name, source: None })?;
-    T::try_from(map).map_err(|e| DataplaneError::Map { name, source: Some(e) })
+    let map = ebpf
+        .take_map(name)
+        .ok_or(DataplaneError::Map { name, source: None })?;
+    T::try_from(map).map_err(|e| DataplaneError::Map {
+        name,
+        source: Some(e),
+    })
 }
 
 impl Dataplane {
@@ -163,11 +171,17 @@ impl Dataplane {
             source: None,
         })?;
         let aya::maps::Map::Array(rings_data) = &rings_map else {
-            return Err(DataplaneError::Map { name: maps::RINGS, source: None });
+            return Err(DataplaneError::Map {
+                name: maps::RINGS,
+                source: None,
+            });
         };
         let len = rings_data
             .info()
-            .map_err(|e| DataplaneError::Map { name: maps::RINGS, source: Some(e) })?
+            .map_err(|e| DataplaneError::Map {
+                name: maps::RINGS,
+                source: Some(e),
+            })?
             .max_entries();
         let rings = RingMemory::map(rings_data, len)?;
         Ok(Self {
@@ -195,21 +209,33 @@ impl Dataplane {
     pub fn set_globals(&mut self, g: &Globals) -> Result<(), DataplaneError> {
         self.globals
             .set(0, g, 0)
-            .map_err(|source| DataplaneError::Op { op: "update", name: maps::GLOBALS, source })
+            .map_err(|source| DataplaneError::Op {
+                op: "update",
+                name: maps::GLOBALS,
+                source,
+            })
     }
 
     /// Writes backend `id`.
     pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), DataplaneError> {
         self.backends
             .set(id, b, 0)
-            .map_err(|source| DataplaneError::Op { op: "update", name: maps::BACKENDS, source })
+            .map_err(|source| DataplaneError::Op {
+                op: "update",
+                name: maps::BACKENDS,
+                source,
+            })
     }
 
     /// Reads backend `id`.
     pub fn backend(&self, id: u32) -> Result<Backend, DataplaneError> {
         self.backends
             .get(&id, 0)
-            .map_err(|source| DataplaneError::Op { op: "lookup", name: maps::BACKENDS, source })
+            .map_err(|source| DataplaneError::Op {
+                op: "lookup",
+                name: maps::BACKENDS,
+                source,
+            })
     }
 
     /// Writes a new table for `svc` into its inactive half with `fill` (which returns
@@ -240,7 +266,10 @@ impl Dataplane {
             Ok(used) => used,
             Err(e) => return Ok(Err(e)),
         };
-        for (slot, &id) in self.rings.slots()[start..start + size].iter_mut().zip(&self.scratch) {
+        for (slot, &id) in self.rings.slots()[start..start + size]
+            .iter_mut()
+            .zip(&self.scratch)
+        {
             *slot = u64::from(id);
         }
         // The table's stores must be visible before the flip that publishes it.
@@ -253,11 +282,13 @@ impl Dataplane {
             ring_size: if used { svc.ring_size } else { 0 },
         };
         for key in &svc.keys {
-            self.services.insert(key, value, 0).map_err(|source| DataplaneError::Op {
-                op: "update",
-                name: maps::SERVICES,
-                source,
-            })?;
+            self.services
+                .insert(key, value, 0)
+                .map_err(|source| DataplaneError::Op {
+                    op: "update",
+                    name: maps::SERVICES,
+                    source,
+                })?;
         }
         self.active.insert(svc.id, inactive);
         Ok(Ok(()))
@@ -276,7 +307,11 @@ impl Dataplane {
             match self.services.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(source) => {
-                    return Err(DataplaneError::Op { op: "delete", name: maps::SERVICES, source });
+                    return Err(DataplaneError::Op {
+                        op: "delete",
+                        name: maps::SERVICES,
+                        source,
+                    });
                 }
             }
         }
@@ -294,11 +329,14 @@ impl Dataplane {
         Counter::ALL
             .iter()
             .map(|&c| {
-                let v = self.counters.get(&(c as u32), 0).map_err(|source| DataplaneError::Op {
-                    op: "lookup",
-                    name: maps::COUNTERS,
-                    source,
-                })?;
+                let v = self
+                    .counters
+                    .get(&(c as u32), 0)
+                    .map_err(|source| DataplaneError::Op {
+                        op: "lookup",
+                        name: maps::COUNTERS,
+                        source,
+                    })?;
                 Ok((c, v.iter().sum()))
             })
             .collect()
@@ -306,7 +344,11 @@ impl Dataplane {
 
     /// One counter, summed over CPUs.
     pub fn counter(&self, c: Counter) -> Result<u64, DataplaneError> {
-        Ok(self.counters()?.into_iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| v))
+        Ok(self
+            .counters()?
+            .into_iter()
+            .find(|(k, _)| *k == c)
+            .map_or(0, |(_, v)| v))
     }
 
     /// A service's traffic, summed over CPUs.
@@ -325,7 +367,11 @@ fn sum_traffic(
     id: u32,
     name: &'static str,
 ) -> Result<Traffic, DataplaneError> {
-    let per_cpu = map.get(&id, 0).map_err(|source| DataplaneError::Op { op: "lookup", name, source })?;
+    let per_cpu = map.get(&id, 0).map_err(|source| DataplaneError::Op {
+        op: "lookup",
+        name,
+        source,
+    })?;
     Ok(per_cpu.iter().fold(Traffic::default(), |a, t| Traffic {
         packets: a.packets + t.packets,
         bytes: a.bytes + t.bytes,
@@ -348,10 +394,19 @@ pub fn addr_words(addr: IpAddr) -> ([u32; 4], u8) {
 /// The key of a service: `port` 0 means every port.
 pub fn service_key(vip: IpAddr, port: u16, proto: u8) -> ServiceKey {
     let (addr_be, family) = addr_words(vip);
-    ServiceKey { addr_be, port_be: port.to_be(), proto, family, fragments: 0 }
+    ServiceKey {
+        addr_be,
+        port_be: port.to_be(),
+        proto,
+        family,
+        fragments: 0,
+    }
 }
 
 /// The key IP fragments to `vip` with protocol `proto` are matched by.
 pub fn fragments_key(vip: IpAddr, proto: u8) -> ServiceKey {
-    ServiceKey { fragments: 1, ..service_key(vip, 0, proto) }
+    ServiceKey {
+        fragments: 1,
+        ..service_key(vip, 0, proto)
+    }
 }

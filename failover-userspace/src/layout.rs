@@ -89,7 +89,10 @@ pub fn plan(cfg: &Config) -> Layout {
             .backends
             .iter()
             .map(|b| {
-                let slot = BackendSlot { name: b.name.clone(), id: next_backend };
+                let slot = BackendSlot {
+                    name: b.name.clone(),
+                    id: next_backend,
+                };
                 next_backend += 1;
                 slot
             })
@@ -114,6 +117,11 @@ pub fn plan(cfg: &Config) -> Layout {
         backends: next_backend,
         ring_slots: ring_base,
         flows: cfg.flow_capacity,
+        nat_flows: if cfg.services.iter().any(|s| s.mode == Mode::Nat) {
+            cfg.flow_capacity
+        } else {
+            1
+        },
     };
     Layout { services, sizes }
 }

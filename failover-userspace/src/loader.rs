@@ -30,7 +30,9 @@ pub static BASELINE_OBJECT: &[u8] =
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The object is empty: the crate was built with `AYA_BUILD_SKIP`.
-    #[error("the XDP object {name} is empty: it was built with AYA_BUILD_SKIP=1; rebuild without it (after `cargo xtask setup`)")]
+    #[error(
+        "the XDP object {name} is empty: it was built with AYA_BUILD_SKIP=1; rebuild without it (after `cargo xtask setup`)"
+    )]
     NotBuilt {
         /// Object name.
         name: &'static str,
@@ -76,8 +78,10 @@ pub struct MapSizes {
     pub backends: u32,
     /// Maglev slots: twice each service's table size (double-buffered), summed.
     pub ring_slots: u32,
-    /// Connection-table capacity (flows); also the NAT reply table's.
+    /// Connection-table capacity (flows).
     pub flows: u32,
+    /// NAT reply-table capacity: the flow capacity when a service uses `nat`, else 1.
+    pub nat_flows: u32,
 }
 
 /// The value of aya-log's `AYA_LOG_LEVEL` for a configured level: 0 turns every log
@@ -108,7 +112,7 @@ pub fn load_balancer(sizes: &MapSizes, log: XdpLogLevel) -> Result<Ebpf, LoadErr
         .map_max_entries(BACKEND_TRAFFIC, sizes.backends.max(1))
         .map_max_entries(SERVICE_TRAFFIC, sizes.services.max(1))
         .map_max_entries(FLOWS, sizes.flows.max(1))
-        .map_max_entries(NAT_REPLIES, sizes.flows.max(1))
+        .map_max_entries(NAT_REPLIES, sizes.nat_flows.max(1))
         .map_max_entries(COUNTERS, Counter::COUNT)
         .override_global("AYA_LOG_LEVEL", &level, false)
         .load(BALANCER_OBJECT)
@@ -118,7 +122,11 @@ pub fn load_balancer(sizes: &MapSizes, log: XdpLogLevel) -> Result<Ebpf, LoadErr
 }
 
 /// Loads an auxiliary object (decap, baseline) and verifies its program.
-pub fn load_aux(object: &'static [u8], name: &'static str, program: &'static str) -> Result<Ebpf, LoadError> {
+pub fn load_aux(
+    object: &'static [u8],
+    name: &'static str,
+    program: &'static str,
+) -> Result<Ebpf, LoadError> {
     if object.is_empty() {
         return Err(LoadError::NotBuilt { name });
     }
@@ -133,14 +141,21 @@ pub fn load_aux(object: &'static [u8], name: &'static str, program: &'static str
 fn verify(ebpf: &mut Ebpf, program: &'static str) -> Result<(), LoadError> {
     xdp_mut(ebpf, program)?
         .load()
-        .map_err(|source| LoadError::Program { program, action: "verifying".into(), source })
+        .map_err(|source| LoadError::Program {
+            program,
+            action: "verifying".into(),
+            source,
+        })
 }
 
 /// The named XDP program of a loaded object.
 pub fn xdp_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut Xdp, LoadError> {
     ebpf.program_mut(program)
         .and_then(|p| <&mut Xdp>::try_from(p).ok())
-        .ok_or(LoadError::Missing { what: "program", name: program })
+        .ok_or(LoadError::Missing {
+            what: "program",
+            name: program,
+        })
 }
 
 /// Attaches `program` to `interface`; in `Auto` mode tries native (driver) XDP first, then
@@ -153,11 +168,14 @@ pub fn attach(
 ) -> Result<XdpLinkId, LoadError> {
     let prog = xdp_mut(ebpf, program)?;
     let attempt = |prog: &mut Xdp, m: XdpMode| {
-        prog.attach(interface, m).map_err(|source| LoadError::Program {
-            program,
-            action: format!("attaching to interface {interface} (check `ip link show {interface}`)"),
-            source,
-        })
+        prog.attach(interface, m)
+            .map_err(|source| LoadError::Program {
+                program,
+                action: format!(
+                    "attaching to interface {interface} (check `ip link show {interface}`)"
+                ),
+                source,
+            })
     };
     match mode {
         AttachMode::Native => attempt(prog, XdpMode::Driver),

@@ -25,7 +25,9 @@ pub enum NeighborError {
         detail: String,
     },
     /// The neighbour did not answer.
-    #[error("{addr} (next hop {next_hop} on {dev}) did not answer ARP/ND (is it up? check `ip neigh show {next_hop}`)")]
+    #[error(
+        "{addr} (next hop {next_hop} on {dev}) did not answer ARP/ND (is it up? check `ip neigh show {next_hop}`)"
+    )]
     Unresolved {
         /// The backend.
         addr: IpAddr,
@@ -48,11 +50,18 @@ pub struct NextHop {
 }
 
 fn ip_json(args: &[&str]) -> Result<serde_json::Value, NeighborError> {
-    let out = Command::new("ip").arg("-j").args(args).output().map_err(|source| {
-        NeighborError::Ip { args: args.join(" "), source }
-    })?;
+    let out = Command::new("ip")
+        .arg("-j")
+        .args(args)
+        .output()
+        .map_err(|source| NeighborError::Ip {
+            args: args.join(" "),
+            source,
+        })?;
     if !out.status.success() {
-        return Ok(serde_json::Value::String(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Ok(serde_json::Value::String(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
 }
@@ -74,16 +83,25 @@ pub fn route(addr: IpAddr) -> Result<(String, IpAddr), NeighborError> {
         detail: v.as_str().unwrap_or("no answer").to_string(),
     })?;
     let dev = r["dev"].as_str().unwrap_or_default().to_string();
-    let via = r["gateway"].as_str().and_then(|g| g.parse().ok()).unwrap_or(addr);
+    let via = r["gateway"]
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(addr);
     Ok((dev, via))
 }
 
 fn lookup(via: IpAddr, dev: &str) -> Result<Option<[u8; 6]>, NeighborError> {
     let v = ip_json(&["neigh", "show", &via.to_string(), "dev", dev])?;
     Ok(v.as_array().into_iter().flatten().find_map(|n| {
-        let state = n["state"].as_array().map(|s| s.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>());
+        let state = n["state"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>());
         let bad = state.is_some_and(|s| s.iter().any(|x| *x == "FAILED" || *x == "INCOMPLETE"));
-        if bad { None } else { n["lladdr"].as_str().and_then(parse_mac) }
+        if bad {
+            None
+        } else {
+            n["lladdr"].as_str().and_then(parse_mac)
+        }
     }))
 }
 
@@ -98,7 +116,11 @@ pub fn resolve(addr: IpAddr, wait: Duration) -> Result<NextHop, NeighborError> {
             return Ok(NextHop { dev, via, mac });
         }
         if std::time::Instant::now() >= deadline {
-            return Err(NeighborError::Unresolved { addr, next_hop: via, dev });
+            return Err(NeighborError::Unresolved {
+                addr,
+                next_hop: via,
+                dev,
+            });
         }
         if !prompted {
             prompt(via);
@@ -110,7 +132,11 @@ pub fn resolve(addr: IpAddr, wait: Duration) -> Result<NextHop, NeighborError> {
 
 /// Makes the kernel resolve `addr`: sending a datagram needs its MAC.
 fn prompt(addr: IpAddr) {
-    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let bind = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     if let Ok(s) = std::net::UdpSocket::bind(bind) {
         let _ = s.send_to(&[], (addr, 9));
     }
@@ -122,7 +148,10 @@ mod tests {
 
     #[test]
     fn macs_parse_strictly() {
-        assert_eq!(parse_mac("02:00:c6:12:01:0a"), Some([2, 0, 0xc6, 0x12, 1, 0x0a]));
+        assert_eq!(
+            parse_mac("02:00:c6:12:01:0a"),
+            Some([2, 0, 0xc6, 0x12, 1, 0x0a])
+        );
         assert_eq!(parse_mac("02:00:c6:12:01"), None);
         assert_eq!(parse_mac("02:00:c6:12:01:0a:00"), None);
         assert_eq!(parse_mac("zz:00:c6:12:01:0a"), None);

@@ -36,7 +36,10 @@ pub enum ProgramError {
 
 /// The program-wide settings a config implies.
 pub fn globals(cfg: &Config) -> Globals {
-    let mut g = Globals { mtu: cfg.mtu, ..Globals::default() };
+    let mut g = Globals {
+        mtu: cfg.mtu,
+        ..Globals::default()
+    };
     if let Some((net, len)) = cfg.tunnel.source_v4 {
         let host = if len >= 32 { 0 } else { u32::MAX >> len };
         g.tunnel_src4_be = u32::from(net).to_be();
@@ -45,7 +48,11 @@ pub fn globals(cfg: &Config) -> Globals {
     if let Some((net, len)) = cfg.tunnel.source_v6 {
         let (words, _) = addr_words(IpAddr::V6(net));
         let host_bits = 128u32.saturating_sub(len as u32).min(32);
-        let host = if host_bits == 0 { 0 } else { u32::MAX >> (32 - host_bits) };
+        let host = if host_bits == 0 {
+            0
+        } else {
+            u32::MAX >> (32 - host_bits)
+        };
         g.tunnel_src6_be = words;
         g.tunnel_src6_mask_be = host.to_be();
     }
@@ -85,11 +92,18 @@ pub fn apply(
             };
             dp.set_backend(slot.id, &value)?;
             if ok {
-                members.push(MaglevBackend { key: &b.name, id: slot.id, weight: b.weight });
+                members.push(MaglevBackend {
+                    key: &b.name,
+                    id: slot.id,
+                    weight: b.weight,
+                });
             }
         }
         dp.publish(&sl.entry, |slots| maglev::fill_table(&members, slots))?
-            .map_err(|source| ProgramError::Maglev { service: svc.name.clone(), source })?;
+            .map_err(|source| ProgramError::Maglev {
+                service: svc.name.clone(),
+                source,
+            })?;
     }
     Ok(())
 }

@@ -6,11 +6,10 @@ use std::net::IpAddr;
 use anyhow::{Context as _, ensure};
 use aya::programs::{TestRun as _, TestRunOptions};
 use failover::{
-    config::Config,
+    config::{Config, XdpLogLevel},
     dataplane::Dataplane,
     layout::{self, Layout},
-    loader::{self, XdpLogLevel},
-    program,
+    loader, program,
 };
 use failover_common::{Counter, maps::PROG_BALANCER};
 
@@ -97,7 +96,27 @@ impl Rig {
         };
         let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
         out.truncate(r.data_size_out as usize);
-        Ok(Outcome { verdict: r.return_value, bytes: out })
+        Ok(Outcome {
+            verdict: r.return_value,
+            bytes: out,
+        })
+    }
+
+    /// Runs `program` (of this rig's object) `repeat` times on `packet` and returns the
+    /// kernel's result (its `duration` is the mean per repetition); no output is copied.
+    pub fn time(
+        &mut self,
+        program: &'static str,
+        packet: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<aya::programs::TestRunResult> {
+        let prog = loader::xdp_mut(self.dp.ebpf_mut(), program)?;
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        };
+        prog.test_run(opts).context("BPF_PROG_TEST_RUN")
     }
 
     /// A reason counter's current value.
@@ -108,7 +127,11 @@ impl Rig {
     /// The id of backend `backend` of service `service`.
     pub fn backend_id(&self, service: &str, backend: &str) -> u32 {
         let s = self.layout.service(service).expect("service in layout");
-        s.backends.iter().find(|b| b.name == backend).expect("backend in layout").id
+        s.backends
+            .iter()
+            .find(|b| b.name == backend)
+            .expect("backend in layout")
+            .id
     }
 }
 

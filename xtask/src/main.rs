@@ -3,6 +3,7 @@
 //! Every install step the project needs lives in `setup`, so a fresh machine needs nothing
 //! done by hand.
 
+mod bench;
 mod setup;
 mod test;
 
@@ -27,11 +28,19 @@ enum Task {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Time the XDP program against a baseline (BPF_PROG_TEST_RUN), Maglev generation and
+    /// map memory; writes target/bench/summary.json. Needs root.
+    Bench {
+        /// Passed to the bench (e.g. `--packets 1000000 --runs 5`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test { no_lint, filter } => test::run(no_lint, filter.as_deref()),
+        Task::Bench { args } => bench::run(&args),
     }
 }

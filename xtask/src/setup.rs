@@ -20,7 +20,9 @@ pub fn tools_dir() -> anyhow::Result<PathBuf> {
 
 /// Runs a command, failing with its command line if it fails.
 pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -28,14 +30,25 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn have(program: &str, arg: &str) -> bool {
-    Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success())
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     println!("setup: rust-src for the nightly toolchain (for -Z build-std=core)");
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("the eBPF crate builds with nightly; install it with `rustup toolchain install nightly`")?;
+    run_cmd(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context(
+        "the eBPF crate builds with nightly; install it with `rustup toolchain install nightly`",
+    )?;
     bpf_linker()?;
     println!("setup: done");
     Ok(())
@@ -43,7 +56,10 @@ pub fn run() -> anyhow::Result<()> {
 
 /// iproute2 and ethtool for the namespace lab; bpftool for debugging.
 fn debian_packages() -> anyhow::Result<()> {
-    let wanted = [("ip", "-V", "iproute2"), ("ethtool", "--version", "ethtool")];
+    let wanted = [
+        ("ip", "-V", "iproute2"),
+        ("ethtool", "--version", "ethtool"),
+    ];
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(prog, arg, _)| !have(prog, arg))
@@ -74,7 +90,10 @@ fn bpf_linker() -> anyhow::Result<()> {
         return Ok(());
     }
     let sysroot = String::from_utf8(
-        Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output()?.stdout,
+        Command::new("rustc")
+            .args(["+nightly", "--print", "sysroot"])
+            .output()?
+            .stdout,
     )?;
     let libdir = Path::new(sysroot.trim()).join("lib");
     let llvm = fs::read_dir(&libdir)
@@ -98,10 +117,18 @@ fn bpf_linker() -> anyhow::Result<()> {
         std::os::unix::fs::symlink(libdir.join(&llvm), &link)
             .with_context(|| format!("symlink {}", link.display()))?;
     }
-    println!("setup: building bpf-linker against the nightly toolchain's LLVM {major} (about a minute)");
+    println!(
+        "setup: building bpf-linker against the nightly toolchain's LLVM {major} (about a minute)"
+    );
     run_cmd(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", "0.13.0", "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "0.13.0",
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{major}")])
             .arg("--root")
             .arg(&root)

@@ -17,10 +17,14 @@ pub fn run(no_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
         println!("test: cargo fmt --check");
         run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
         println!("test: cargo clippy");
-        run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    }
-    if unsafe { libc_geteuid() } != 0 {
-        bail!("packet and end-to-end tests load BPF programs and create network namespaces: run `cargo xtask test` as root (sudo -E)");
+        run_cmd(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     let mut unit = cargo();
     unit.args(["test", "--workspace", "--exclude", "failover-tests"]);
@@ -29,6 +33,20 @@ pub fn run(no_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
     }
     println!("test: unit tests");
     run_cmd(&mut unit)?;
+    if unsafe { libc_geteuid() } != 0 {
+        bail!(
+            "packet and end-to-end tests load BPF programs and create network namespaces: run `cargo xtask test` as root (sudo -E)"
+        );
+    }
+    // The end-to-end tests run the real `failover` binary and the lab's servers.
+    run_cmd(cargo().args([
+        "build",
+        "-p",
+        "failover-userspace",
+        "-p",
+        "failover-tests",
+        "--bins",
+    ]))?;
     // Namespace tests share the host's network stack: one at a time.
     let mut e2e = cargo();
     e2e.args(["test", "-p", "failover-tests"]);

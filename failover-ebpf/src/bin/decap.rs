@@ -1,8 +1,8 @@
 //! Decapsulation for backends of `tunnel` services: strips the outer IPv4/IPv6 header of
 //! IP-in-IP packets (all four family combinations) and passes the inner packet to the
 //! kernel. For hosts without tunnel devices (this project's test kernel has no `ipip`).
-//! Every other packet passes untouched, so it is also a harmless XDP program to attach to
-//! a veth whose peer must receive XDP_TX frames.
+//! Every other packet passes untouched. The object also holds `failover_pass`, which
+//! passes everything: the program a veth needs for its peer's XDP_TX frames to arrive.
 #![no_std]
 #![no_main]
 
@@ -28,6 +28,13 @@ pub fn failover_decap(ctx: XdpContext) -> u32 {
     if let Some(v) = DECAP_COUNTERS.get_ptr_mut(outcome as u32) {
         unsafe { *v += 1 };
     }
+    xdp_action::XDP_PASS
+}
+
+/// Passes every packet. A frame sent with XDP_TX into a veth is only received if the
+/// peer veth runs an XDP program: this is that program, for test labs.
+#[xdp]
+pub fn failover_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
@@ -67,27 +74,41 @@ fn outer(ctx: &XdpContext, l2: L2) -> Option<(usize, u8)> {
     }
 }
 
-/// Moves the L2 header forward over the outer IP header and drops the bytes before it.
+/// Drops the outer IP header: the L2 header is saved on the stack, the frame start moves
+/// past the outer header, and the L2 header is written back at constant offsets (the
+/// verifier tracks those; a copy to a variable offset it could not bound).
 #[inline(always)]
 fn strip(ctx: &XdpContext, l2: L2, outer_len: usize, ethertype: u16) -> Option<()> {
     // The inner header must be there, or we would hand the kernel a stub.
     ptr_at::<Ipv4Hdr>(ctx, l2.l3_off + outer_len)?;
-    let old: *const EthHdr = ptr_at(ctx, 0)?;
-    let new: *mut EthHdr = ptr_at(ctx, outer_len)?;
-    unsafe {
-        (*new).dst = (*old).dst;
-        (*new).src = (*old).src;
-        (*new).proto_be = (*old).proto_be;
-    }
-    if l2.l3_off > core::mem::size_of::<EthHdr>() {
-        let old: *const VlanHdr = ptr_at(ctx, 14)?;
-        let new: *mut VlanHdr = ptr_at(ctx, outer_len + 14)?;
-        unsafe { *new = VlanHdr { tci_be: (*old).tci_be, proto_be: ethertype.to_be() } };
-    } else {
-        unsafe { (*new).proto_be = ethertype.to_be() };
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
+    let (dst, src, tpid) = unsafe { ((*eth).dst, (*eth).src, (*eth).proto_be) };
+    let tagged = l2.l3_off > core::mem::size_of::<EthHdr>();
+    // Always initialised: the verifier must not see a path that reads it unset.
+    let mut tci_be = 0u16;
+    if tagged {
+        let v: *const VlanHdr = ptr_at(ctx, 14)?;
+        tci_be = unsafe { (*v).tci_be };
     }
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) } != 0 {
         return None;
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    unsafe {
+        (*eth).dst = dst;
+        (*eth).src = src;
+    }
+    if tagged {
+        let v: *mut VlanHdr = ptr_at(ctx, 14)?;
+        unsafe {
+            (*eth).proto_be = tpid;
+            *v = VlanHdr {
+                tci_be,
+                proto_be: ethertype.to_be(),
+            };
+        }
+    } else {
+        unsafe { (*eth).proto_be = ethertype.to_be() };
     }
     Some(())
 }

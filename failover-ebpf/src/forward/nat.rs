@@ -3,9 +3,7 @@
 //! Checksums are updated incrementally (RFC 1624), never recomputed.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use failover_common::{
-    Backend, Counter, FAMILY_IPV4, FlowKey, NatOrigin, PROTO_TCP, PROTO_UDP,
-};
+use failover_common::{Backend, Counter, FAMILY_IPV4, FlowKey, NatOrigin, PROTO_TCP, PROTO_UDP};
 use failover_ebpf::{
     csum,
     parse::{Ipv4Hdr, Ipv6Hdr, L3, ptr_at},
@@ -24,7 +22,11 @@ pub fn translate(
     service: u32,
     new_flow: bool,
 ) -> Result<(), Counter> {
-    let port_be = if backend.port_be != 0 { backend.port_be } else { key.dport_be };
+    let port_be = if backend.port_be != 0 {
+        backend.port_be
+    } else {
+        key.dport_be
+    };
     if new_flow {
         let reply = FlowKey {
             src_be: backend.addr_be,
@@ -80,7 +82,11 @@ fn rewrite(
     if l3.family == FAMILY_IPV4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, l3.l3_off).ok_or(Counter::DropAdjustFailed)?;
         unsafe {
-            let field = if side == Side::Source { &mut (*ip).src_be } else { &mut (*ip).dst_be };
+            let field = if side == Side::Source {
+                &mut (*ip).src_be
+            } else {
+                &mut (*ip).dst_be
+            };
             old_addr[0] = *field;
             *field = addr[0];
             (*ip).check = csum::replace32((*ip).check, old_addr[0], addr[0]);
@@ -89,7 +95,11 @@ fn rewrite(
     } else {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, l3.l3_off).ok_or(Counter::DropAdjustFailed)?;
         unsafe {
-            let field = if side == Side::Source { &mut (*ip).src_be } else { &mut (*ip).dst_be };
+            let field = if side == Side::Source {
+                &mut (*ip).src_be
+            } else {
+                &mut (*ip).dst_be
+            };
             old_addr = *field;
             *field = addr;
         }

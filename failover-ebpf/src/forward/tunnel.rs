@@ -32,8 +32,13 @@ pub fn encapsulate(
         return Err(Counter::DropTooBig);
     }
     // Varies with the flow, cheap to compute on every packet of it.
-    let spread = key.src_be[0] ^ key.src_be[3] ^ ((key.sport_be as u32) << 16 | key.sport_be as u32);
-    let inner_proto = if l3.family == FAMILY_IPV4 { PROTO_IPIP } else { PROTO_IPV6 };
+    let spread =
+        key.src_be[0] ^ key.src_be[3] ^ ((key.sport_be as u32) << 16 | key.sport_be as u32);
+    let inner_proto = if l3.family == FAMILY_IPV4 {
+        PROTO_IPIP
+    } else {
+        PROTO_IPV6
+    };
 
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
         return Err(Counter::DropAdjustFailed);

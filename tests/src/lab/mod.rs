@@ -79,6 +79,51 @@ mod tests {
         assert!(left.is_empty(), "namespaces left behind: {left:?}");
     }
 
+    /// The backends' VIP setup, checked with plain kernel routing in the lb namespace standing
+    /// in for the load balancer: the backend accepts the VIP on `lo`, answers the client
+    /// directly, and UDP answers come from the VIP.
+    #[test]
+    fn backend_answers_a_vip_routed_to_it_directly_from_the_vip() {
+        let lab = Lab::new(2).expect("lab");
+        let _web2 = Server::start(lab.backend(2).ns(), "web-2", &Listen::all(80)).expect("echo");
+        let b2 = lab.backend(2);
+        for (vip, via) in [
+            (VIPS_V4[0].to_string(), b2.ipv4().to_string()),
+            (VIPS_V6[0].to_string(), b2.ipv6().to_string()),
+        ] {
+            lab.lb()
+                .ns()
+                .ip(["route", "add", &vip, "via", &via])
+                .expect("route");
+        }
+        for target in [
+            SocketAddr::from((VIPS_V4[0], 80)),
+            SocketAddr::from((VIPS_V6[0], 80)),
+        ] {
+            let tcp = client::tcp_requests(lab.client().ns(), target, 10, TIMEOUT, 5);
+            assert_eq!(Tally::of(&tcp).count("web-2"), 10, "{}", Tally::of(&tcp));
+            let udp = client::udp_requests(lab.client().ns(), target, 10, TIMEOUT, 5);
+            assert_eq!(Tally::of(&udp).count("web-2"), 10, "{}", Tally::of(&udp));
+        }
+    }
+
+    #[test]
+    fn a_panicking_test_leaves_no_namespace() {
+        let mut prefix = String::new();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let lab = Lab::new(1).expect("lab");
+            prefix = lab.prefix().to_owned();
+            panic!("test failure inside a lab");
+        }));
+        assert!(outcome.is_err());
+        let left: Vec<String> = list_namespaces()
+            .expect("list namespaces")
+            .into_iter()
+            .filter(|name| name.starts_with(&prefix))
+            .collect();
+        assert!(!prefix.is_empty() && left.is_empty(), "left: {left:?}");
+    }
+
     #[test]
     fn lab_turns_tx_checksum_offload_off_on_both_veth_ends() {
         let lab = Lab::new(1).expect("lab");

@@ -83,7 +83,8 @@ impl Node {
         self.ipv6
     }
 
-    /// The MAC address of [`Node::ifname`]; fixed per role (02:00:00:00:00:<last IPv4 byte>).
+    /// The MAC address of [`Node::ifname`]: `02:00:00:00:00:HH`, with HH the last byte of
+    /// the node's IPv4 address.
     pub fn mac(&self) -> [u8; 6] {
         self.mac
     }
@@ -107,6 +108,7 @@ impl Node {
 /// The same for a backend's decapsulation program: `run_in(b.ns(), ..)` with `b.ifname()`
 /// for each `b` in [`Lab::backends`]; and for the XDP_PASS program that the switch-side
 /// peer of the load balancer's veth needs, see [`Lab::attach_pass_program`].
+/// Declare such objects and [`super::Server`]s after the lab, so they drop before it.
 #[derive(Debug)]
 pub struct Lab {
     prefix: String,

@@ -1,0 +1,175 @@
+//! The real `failover` daemon, run inside a lab namespace by a guard that stops it on drop.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::lab::Netns;
+
+/// The `failover` binary cargo built next to the running test (`$FAILOVER_BIN` overrides).
+pub fn failover_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("FAILOVER_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().context("cannot find the running executable")?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("failover"))
+        .find(|c| c.is_file())
+        .with_context(|| {
+            format!(
+                "the failover binary is not built near {}: run `cargo build -p failover-userspace` \
+                 (cargo xtask test does), or set FAILOVER_BIN",
+                exe.display()
+            )
+        })
+}
+
+/// A running daemon; its log lines are collected, and it is stopped on drop.
+pub struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every log line read so far.
+    pub log: Vec<String>,
+    _config: tempfile_path::TempPath,
+}
+
+mod tempfile_path {
+    //! A config file that is deleted on drop.
+    use std::path::PathBuf;
+
+    /// A file path removed on drop.
+    pub struct TempPath(pub PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl Daemon {
+    /// Writes `config` to a file and starts `failover run` in `ns`; waits (bounded) until it
+    /// logs that it is forwarding.
+    pub fn start(ns: &Netns, config: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("{}-failover.toml", ns.name()));
+        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        let config_path = tempfile_path::TempPath(path.clone());
+        let mut child = ns
+            .exec(
+                failover_binary()?,
+                ["run", "--config", path.to_str().context("path")?],
+            )
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting failover run")?;
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut d = Self {
+            child,
+            lines,
+            log: Vec::new(),
+            _config: config_path,
+        };
+        d.wait_for("forwarding", Duration::from_secs(15))?;
+        Ok(d)
+    }
+
+    /// Waits until a log line contains `needle`; fails with the log if the daemon exits or
+    /// the time runs out.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!(
+                        "the daemon exited before logging {needle:?}; its log:\n{}",
+                        self.log.join("\n")
+                    )
+                }
+            }
+            if let Some(status) = self.child.try_wait()? {
+                self.drain();
+                bail!(
+                    "the daemon exited ({status}) before logging {needle:?}; its log:\n{}",
+                    self.log.join("\n")
+                );
+            }
+            if left.is_zero() {
+                bail!(
+                    "the daemon did not log {needle:?} within {limit:?}; its log:\n{}",
+                    self.log.join("\n")
+                );
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+            self.log.push(line);
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Some(s) = self.child.try_wait()? {
+                self.drain();
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        bail!("the daemon did not exit within 5 s of SIGTERM")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.stop();
+        }
+    }
+}
