@@ -23,14 +23,14 @@ pub fn service(
         family,
         fragments: fragment as u32,
     };
-    if let Some(v) = unsafe { SERVICES.get(&key) } {
+    if let Some(v) = unsafe { SERVICES.get(key) } {
         return Some(*v);
     }
     if fragment {
         return None;
     }
     key.port_be = 0;
-    unsafe { SERVICES.get(&key) }.copied()
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 /// A backend picked for a packet.
@@ -98,7 +98,7 @@ pub fn backend(
         service: svc.id,
     };
     // A full table evicts the least recently used flow; failure here only loses stickiness.
-    let _ = FLOWS.insert(key, &value, 0);
+    let _ = FLOWS.insert(key, value, 0);
     Ok(Pick {
         id,
         backend,

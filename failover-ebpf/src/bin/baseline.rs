@@ -34,7 +34,7 @@ fn forward(ctx: &XdpContext) -> Option<u32> {
         return None;
     }
     let _tcp: *const TcpHdr = ptr_at(ctx, 14 + ((vihl & 0x0f) as usize) * 4)?;
-    let mac = unsafe { BASELINE_TARGETS.get(&dst) }?;
+    let mac = unsafe { BASELINE_TARGETS.get(dst) }?;
     unsafe {
         (*eth).src = (*eth).dst;
         (*eth).dst = [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];

@@ -44,7 +44,7 @@ pub fn translate(
             service,
         };
         // A full table evicts the oldest entry; a failed insert only costs that reply.
-        let _ = NAT_REPLIES.insert(&reply, &origin, 0);
+        let _ = NAT_REPLIES.insert(reply, origin, 0);
     }
     rewrite(ctx, l3, Side::Destination, backend.addr_be, port_be)
 }
