@@ -51,6 +51,16 @@ table_size = 257
   name = "a"
   address = "198.18.1.1"
 [[service]]
+name = "alt4"
+vip = "198.18.0.10"
+port = 8080
+protocol = "tcp"
+mode = "dsr"
+table_size = 257
+  [[service.backend]]
+  name = "a"
+  address = "198.18.1.1"
+[[service]]
 name = "dns4"
 vip = "198.18.0.10"
 port = 53
@@ -769,9 +779,20 @@ fn forwarding_table() {
             Expect::Bytes(to_backend(&frag6(vip6, false), ip6(v6net(2, 2)))),
             Some(Counter::Fragment),
         ),
-        passed(
-            "ipv4 fragment to a VIP with several services and no all-ports one",
+        case(
+            "ipv4 fragment to the VIP's only service of its protocol",
             frag4(vip4, false),
+            XDP_TX,
+            Expect::Bytes(to_backend(&frag4(vip4, false), ip4([198, 18, 1, 2]))),
+            Some(Counter::Fragment),
+        ),
+        passed(
+            "tcp fragment to a VIP with two tcp services and no all-ports one",
+            {
+                let mut p = frag4(vip4, false);
+                p[14 + 9] = 6; // protocol TCP (the header checksum is not checked)
+                p
+            },
             Counter::PassNotService,
         ),
         case(
@@ -996,4 +1017,79 @@ table_size = 1021
         repicked as usize, per_backend[1],
         "every flow of w2, and only those, is re-picked"
     );
+}
+
+/// The backends' decapsulator undoes exactly what `tunnel` mode does, for all four family
+/// combinations and with a VLAN tag; anything else passes untouched.
+#[test]
+fn decapsulation_restores_the_original_packet() {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    use failover::loader::{self, DECAP_OBJECT};
+    use failover_common::maps::PROG_DECAP;
+
+    let mut rig = Rig::new(CONFIG).expect("load the balancer");
+    let mut decap =
+        loader::load_aux(DECAP_OBJECT, "failover-decap", PROG_DECAP).expect("load decap");
+    let prog = loader::xdp_mut(&mut decap, PROG_DECAP).unwrap();
+    let mut run = |packet: &[u8]| {
+        let mut out = vec![0u8; packet.len() + 64];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    };
+    for (name, original, backend) in [
+        (
+            "ipv4 in ipv4",
+            tcp4([198, 18, 0, 11], 4100, 80),
+            ip4([198, 18, 1, 3]),
+        ),
+        (
+            "ipv6 in ipv6",
+            tcp6(v6net(1, 0x11), 4100, 80),
+            ip6(v6net(2, 3)),
+        ),
+        (
+            "ipv4 in ipv6",
+            tcp4([198, 18, 0, 12], 4100, 80),
+            ip6(v6net(2, 4)),
+        ),
+        (
+            "ipv6 in ipv4",
+            tcp6(v6net(1, 0x12), 4100, 80),
+            ip4([198, 18, 1, 4]),
+        ),
+        (
+            "vlan ipv4 in ipv4",
+            vlan_tcp4([198, 18, 0, 11], 4101, 80),
+            ip4([198, 18, 1, 3]),
+        ),
+    ] {
+        let tunnelled = rig.run(&original).unwrap();
+        assert_eq!(
+            tunnelled.verdict, XDP_TX,
+            "{name}: the balancer must encapsulate"
+        );
+        let (verdict, out) = run(&tunnelled.bytes);
+        assert_eq!(verdict_name(verdict), "XDP_PASS", "{name}: decap verdict");
+        assert_eq!(
+            out,
+            to_backend(&original, backend),
+            "{name}: decapsulated bytes"
+        );
+    }
+    for (name, packet) in [
+        ("plain tcp", tcp4([198, 18, 0, 10], 4000, 80)),
+        ("arp", arp()),
+    ] {
+        let (verdict, out) = run(&packet);
+        assert_eq!(verdict_name(verdict), "XDP_PASS", "{name}: verdict");
+        assert_eq!(out, packet, "{name}: untouched");
+    }
 }

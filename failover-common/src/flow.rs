@@ -21,6 +21,41 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
+/// The IPv4 form of [`FlowKey`] (16 bytes instead of 40: the connection table's hash is
+/// the largest cost of the hit path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey4 {
+    /// Client address.
+    pub src_be: u32,
+    /// VIP.
+    pub dst_be: u32,
+    /// Client port (0 for fragments).
+    pub sport_be: u16,
+    /// VIP port (0 for fragments).
+    pub dport_be: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Explicit padding: always zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
+
+impl FlowKey {
+    /// The IPv4 form of an IPv4 flow.
+    #[inline(always)]
+    pub const fn v4(&self) -> FlowKey4 {
+        FlowKey4 {
+            src_be: self.src_be[0],
+            dst_be: self.dst_be[0],
+            sport_be: self.sport_be,
+            dport_be: self.dport_be,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Where a known flow goes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -13,8 +13,8 @@ pub mod service;
 pub mod stats;
 
 pub use backend::Backend;
-pub use flow::{FlowKey, FlowValue, NatOrigin};
-pub use service::{ForwardMode, Globals, ServiceKey, ServiceValue};
+pub use flow::{FlowKey, FlowKey4, FlowValue, NatOrigin};
+pub use service::{ForwardMode, Globals, ServiceKey, ServiceKey4, ServiceValue};
 pub use stats::{Counter, Traffic};
 
 /// Address family tags used in keys (values of `family` fields).
@@ -48,10 +48,12 @@ macro_rules! pod {
 }
 pod!(
     ServiceKey,
+    ServiceKey4,
     ServiceValue,
     Globals,
     Backend,
     FlowKey,
+    FlowKey4,
     FlowValue,
     NatOrigin,
     Traffic

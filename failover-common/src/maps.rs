@@ -11,14 +11,18 @@ pub const PROG_DECAP: &str = "failover_decap";
 /// The pass-everything program (in the decap object).
 pub const PROG_PASS: &str = "failover_pass";
 
-/// `HashMap<ServiceKey, ServiceValue>`: the virtual services.
-pub const SERVICES: &str = "SERVICES";
+/// `HashMap<ServiceKey4, ServiceValue>`: the IPv4 virtual services.
+pub const SERVICES4: &str = "SERVICES4";
+/// `HashMap<ServiceKey, ServiceValue>`: the IPv6 virtual services.
+pub const SERVICES6: &str = "SERVICES6";
 /// `Array<u32>`: concatenated Maglev lookup tables (two halves per service) of backend ids.
 pub const RINGS: &str = "RINGS";
 /// `Array<Backend>`: every backend of every service, indexed by backend id.
 pub const BACKENDS: &str = "BACKENDS";
-/// `LruHashMap<FlowKey, FlowValue>`: the connection table.
-pub const FLOWS: &str = "FLOWS";
+/// `LruHashMap<FlowKey4, FlowValue>`: the IPv4 connection table.
+pub const FLOWS4: &str = "FLOWS4";
+/// `LruHashMap<FlowKey, FlowValue>`: the IPv6 connection table.
+pub const FLOWS6: &str = "FLOWS6";
 /// `LruHashMap<FlowKey, NatOrigin>`: `nat` replies, keyed by the reply's flow.
 pub const NAT_REPLIES: &str = "NAT_REPLIES";
 /// `PerCpuArray<u64>` indexed by [`crate::Counter`].

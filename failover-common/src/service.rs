@@ -21,6 +21,35 @@ pub struct ServiceKey {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 24);
 
+/// The IPv4 form of [`ServiceKey`]: an 8-byte key hashes in a fraction of the time of the
+/// 24-byte one, and IPv4 is most traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey4 {
+    /// The VIP, as it sits in the packet.
+    pub addr_be: u32,
+    /// Destination port, or 0 for "every port".
+    pub port_be: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// 1 for the fragments key, else 0.
+    pub fragments: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey4>() == 8);
+
+impl ServiceKey {
+    /// The IPv4 form of an IPv4 key.
+    #[inline(always)]
+    pub const fn v4(&self) -> ServiceKey4 {
+        ServiceKey4 {
+            addr_be: self.addr_be[0],
+            port_be: self.port_be,
+            proto: self.proto,
+            fragments: self.fragments as u8,
+        }
+    }
+}
+
 /// How a service's packets reach its backends.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

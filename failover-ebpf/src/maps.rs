@@ -6,16 +6,21 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use failover_common::{
-    Backend, Counter, FlowKey, FlowValue, Globals, NatOrigin, ServiceKey, ServiceValue, Traffic,
-    maps::PLACEHOLDER_ENTRIES,
+    Backend, Counter, FlowKey, FlowKey4, FlowValue, Globals, NatOrigin, ServiceKey, ServiceKey4,
+    ServiceValue, Traffic, maps::PLACEHOLDER_ENTRIES,
 };
 
 /// `BPF_F_MMAPABLE`: userspace writes Maglev tables through a memory mapping.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// Virtual services by (VIP, port, protocol).
+/// IPv4 virtual services by (VIP, port, protocol).
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
+pub static SERVICES4: HashMap<ServiceKey4, ServiceValue> =
+    HashMap::with_max_entries(PLACEHOLDER_ENTRIES, 0);
+
+/// IPv6 virtual services by (VIP, port, protocol).
+#[map]
+pub static SERVICES6: HashMap<ServiceKey, ServiceValue> =
     HashMap::with_max_entries(PLACEHOLDER_ENTRIES, 0);
 
 /// Maglev tables of backend ids, two halves per service (double-buffered).
@@ -26,9 +31,14 @@ pub static RINGS: Array<u32> = Array::with_max_entries(PLACEHOLDER_ENTRIES, BPF_
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(PLACEHOLDER_ENTRIES, 0);
 
-/// Connection table: which backend each known flow goes to.
+/// IPv4 connection table: which backend each known flow goes to.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+pub static FLOWS4: LruHashMap<FlowKey4, FlowValue> =
+    LruHashMap::with_max_entries(PLACEHOLDER_ENTRIES, 0);
+
+/// IPv6 connection table.
+#[map]
+pub static FLOWS6: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(PLACEHOLDER_ENTRIES, 0);
 
 /// One counter per reason a packet was not forwarded (and a few notable events).

@@ -1,10 +1,11 @@
 //! Which service a packet belongs to, and which backend its flow goes to.
 
 use failover_common::{
-    Backend, Counter, FlowKey, FlowValue, ServiceKey, ServiceValue, service::SVC_F_NO_BACKEND_PASS,
+    Backend, Counter, FAMILY_IPV4, FlowKey, FlowValue, ServiceKey, ServiceValue,
+    service::SVC_F_NO_BACKEND_PASS,
 };
 
-use crate::maps::{BACKENDS, FLOWS, RINGS, SERVICES};
+use crate::maps::{BACKENDS, FLOWS4, FLOWS6, RINGS, SERVICES4, SERVICES6};
 
 /// Finds the service for (VIP, port, protocol): the exact port first, then "every port".
 /// Fragments use their own key (`fragments = 1`): they carry no port to match.
@@ -23,14 +24,23 @@ pub fn service(
         family,
         fragments: fragment as u32,
     };
-    if let Some(v) = unsafe { SERVICES.get(key) } {
-        return Some(*v);
+    if let Some(v) = lookup_service(&key) {
+        return Some(v);
     }
     if fragment {
         return None;
     }
     key.port_be = 0;
-    unsafe { SERVICES.get(key) }.copied()
+    lookup_service(&key)
+}
+
+#[inline(always)]
+fn lookup_service(key: &ServiceKey) -> Option<ServiceValue> {
+    if key.family == FAMILY_IPV4 {
+        unsafe { SERVICES4.get(key.v4()) }.copied()
+    } else {
+        unsafe { SERVICES6.get(key) }.copied()
+    }
 }
 
 /// A backend picked for a packet.
@@ -77,7 +87,12 @@ pub fn backend(
             new_flow: false,
         });
     }
-    if let Some(v) = unsafe { FLOWS.get(key) } {
+    let known = if key.family == FAMILY_IPV4 {
+        unsafe { FLOWS4.get(key.v4()) }.copied()
+    } else {
+        unsafe { FLOWS6.get(key) }.copied()
+    };
+    if let Some(v) = known {
         let id = v.backend;
         if !syn {
             if let Some(b) = BACKENDS.get(id) {
@@ -98,7 +113,11 @@ pub fn backend(
         service: svc.id,
     };
     // A full table evicts the least recently used flow; failure here only loses stickiness.
-    let _ = FLOWS.insert(key, value, 0);
+    let _ = if key.family == FAMILY_IPV4 {
+        FLOWS4.insert(key.v4(), value, 0)
+    } else {
+        FLOWS6.insert(key, value, 0)
+    };
     Ok(Pick {
         id,
         backend,

@@ -18,8 +18,8 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
 };
 use failover_common::{
-    Backend, Counter, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowValue, ForwardMode, Globals,
-    ServiceKey, ServiceValue, Traffic, maps,
+    Backend, Counter, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowKey4, FlowValue, ForwardMode, Globals,
+    ServiceKey, ServiceKey4, ServiceValue, Traffic, maps,
 };
 
 /// Why a map operation failed.
@@ -134,9 +134,11 @@ impl Drop for RingMemory {
 /// Owns the load balancer's loaded object and typed handles to all of its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    services4: HashMap<MapData, ServiceKey4, ServiceValue>,
+    services6: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: Array<MapData, Backend>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
+    flows4: HashMap<MapData, FlowKey4, FlowValue>,
+    flows6: HashMap<MapData, FlowKey, FlowValue>,
     globals: Array<MapData, Globals>,
     counters: PerCpuArray<MapData, u64>,
     service_traffic: PerCpuArray<MapData, Traffic>,
@@ -186,9 +188,11 @@ impl Dataplane {
         let rings = RingMemory::map(rings_data, len)?;
         Ok(Self {
             _rings_map: rings_map,
-            services: take(&mut ebpf, maps::SERVICES)?,
+            services4: take(&mut ebpf, maps::SERVICES4)?,
+            services6: take(&mut ebpf, maps::SERVICES6)?,
             backends: take(&mut ebpf, maps::BACKENDS)?,
-            flows: take(&mut ebpf, maps::FLOWS)?,
+            flows4: take(&mut ebpf, maps::FLOWS4)?,
+            flows6: take(&mut ebpf, maps::FLOWS6)?,
             globals: take(&mut ebpf, maps::GLOBALS)?,
             counters: take(&mut ebpf, maps::COUNTERS)?,
             service_traffic: take(&mut ebpf, maps::SERVICE_TRAFFIC)?,
@@ -282,13 +286,16 @@ impl Dataplane {
             ring_size: if used { svc.ring_size } else { 0 },
         };
         for key in &svc.keys {
-            self.services
-                .insert(key, value, 0)
-                .map_err(|source| DataplaneError::Op {
-                    op: "update",
-                    name: maps::SERVICES,
-                    source,
-                })?;
+            let (name, done) = if key.family == FAMILY_IPV4 {
+                (maps::SERVICES4, self.services4.insert(key.v4(), value, 0))
+            } else {
+                (maps::SERVICES6, self.services6.insert(key, value, 0))
+            };
+            done.map_err(|source| DataplaneError::Op {
+                op: "update",
+                name,
+                source,
+            })?;
         }
         self.active.insert(svc.id, inactive);
         Ok(Ok(()))
@@ -304,12 +311,17 @@ impl Dataplane {
     /// Removes a service's keys (its flows age out of the LRU table).
     pub fn remove_service(&mut self, svc: &ServiceEntry) -> Result<(), DataplaneError> {
         for key in &svc.keys {
-            match self.services.remove(key) {
+            let (name, done) = if key.family == FAMILY_IPV4 {
+                (maps::SERVICES4, self.services4.remove(&key.v4()))
+            } else {
+                (maps::SERVICES6, self.services6.remove(key))
+            };
+            match done {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(source) => {
                     return Err(DataplaneError::Op {
                         op: "delete",
-                        name: maps::SERVICES,
+                        name,
                         source,
                     });
                 }
@@ -321,7 +333,11 @@ impl Dataplane {
 
     /// A flow's connection-table entry.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows.get(key, 0).ok()
+        if key.family == FAMILY_IPV4 {
+            self.flows4.get(&key.v4(), 0).ok()
+        } else {
+            self.flows6.get(key, 0).ok()
+        }
     }
 
     /// Every reason counter, summed over CPUs.

@@ -116,7 +116,16 @@ pub fn plan(cfg: &Config) -> Layout {
         services: cfg.services.len() as u32,
         backends: next_backend,
         ring_slots: ring_base,
-        flows: cfg.flow_capacity,
+        flows4: if cfg.services.iter().any(|s| s.vip.is_ipv4()) {
+            cfg.flow_capacity
+        } else {
+            1
+        },
+        flows6: if cfg.services.iter().any(|s| s.vip.is_ipv6()) {
+            cfg.flow_capacity
+        } else {
+            1
+        },
         nat_flows: if cfg.services.iter().any(|s| s.mode == Mode::Nat) {
             cfg.flow_capacity
         } else {

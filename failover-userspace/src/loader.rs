@@ -11,8 +11,8 @@ use aya::{
 use failover_common::{
     Counter,
     maps::{
-        BACKEND_TRAFFIC, BACKENDS, COUNTERS, FLOWS, NAT_REPLIES, PROG_BALANCER, RINGS,
-        SERVICE_TRAFFIC, SERVICES,
+        BACKEND_TRAFFIC, BACKENDS, COUNTERS, FLOWS4, FLOWS6, NAT_REPLIES, PROG_BALANCER, RINGS,
+        SERVICE_TRAFFIC, SERVICES4, SERVICES6,
     },
 };
 
@@ -78,8 +78,10 @@ pub struct MapSizes {
     pub backends: u32,
     /// Maglev slots: twice each service's table size (double-buffered), summed.
     pub ring_slots: u32,
-    /// Connection-table capacity (flows).
-    pub flows: u32,
+    /// IPv4 connection-table capacity: the flow capacity if an IPv4 service exists, else 1.
+    pub flows4: u32,
+    /// IPv6 connection-table capacity: the flow capacity if an IPv6 service exists, else 1.
+    pub flows6: u32,
     /// NAT reply-table capacity: the flow capacity when a service uses `nat`, else 1.
     pub nat_flows: u32,
 }
@@ -106,12 +108,14 @@ pub fn load_balancer(sizes: &MapSizes, log: XdpLogLevel) -> Result<Ebpf, LoadErr
     }
     let level = log_level_value(log);
     let mut ebpf = EbpfLoader::new()
-        .map_max_entries(SERVICES, sizes.service_keys.max(1))
+        .map_max_entries(SERVICES4, sizes.service_keys.max(1))
+        .map_max_entries(SERVICES6, sizes.service_keys.max(1))
         .map_max_entries(RINGS, sizes.ring_slots.max(1))
         .map_max_entries(BACKENDS, sizes.backends.max(1))
         .map_max_entries(BACKEND_TRAFFIC, sizes.backends.max(1))
         .map_max_entries(SERVICE_TRAFFIC, sizes.services.max(1))
-        .map_max_entries(FLOWS, sizes.flows.max(1))
+        .map_max_entries(FLOWS4, sizes.flows4.max(1))
+        .map_max_entries(FLOWS6, sizes.flows6.max(1))
         .map_max_entries(NAT_REPLIES, sizes.nat_flows.max(1))
         .map_max_entries(COUNTERS, Counter::COUNT)
         .override_global("AYA_LOG_LEVEL", &level, false)

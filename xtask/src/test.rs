@@ -27,7 +27,14 @@ pub fn run(no_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
         ]))?;
     }
     let mut unit = cargo();
-    unit.args(["test", "--workspace", "--exclude", "failover-tests"]);
+    unit.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "failover-tests",
+        "--exclude",
+        "failover-ebpf",
+    ]);
     if let Some(f) = filter {
         unit.arg(f);
     }

@@ -233,7 +233,7 @@ mod tests {
     async fn exec_background_child_holding_stderr_does_not_delay_the_status() {
         let timeout = Duration::from_secs(2);
         let start = Instant::now();
-        let result = probe(&exec(&["sh", "-c", "sleep 3 & exit 4"], timeout)).await;
+        let result = probe(&exec(&["sh", "-c", "sleep 1 & exit 4"], timeout)).await;
         assert_eq!(
             result.outcome,
             Outcome::Failed {

@@ -673,7 +673,7 @@ mod tests {
             reason.starts_with(&format!("TLS handshake with {addr}: ")),
             "{reason}"
         );
-        eprintln!("REASON {reason}"); assert!(reason.contains("certificate"), "{reason}");
+        assert!(reason.contains("certificate"), "{reason}");
     }
 
     #[test]

@@ -112,7 +112,7 @@ mod tests {
         let Outcome::Refused { reason } = &result.outcome else {
             panic!("expected Refused, got {:?}", result.outcome);
         };
-        eprintln!("REASON {reason}"); assert!(reason.contains(&addr.to_string()), "{reason}");
+        assert!(reason.contains(&addr.to_string()), "{reason}");
     }
 
     #[tokio::test]

@@ -118,7 +118,16 @@ mod tests {
     fn system_clock_is_monotonic() {
         let clock = SystemClock;
         let a = clock.now();
-        let b = (&clock).now();
+        let b = clock.now();
         assert!(b >= a);
+    }
+
+    #[test]
+    fn references_are_clocks() {
+        fn read(clock: impl Clock) -> Instant {
+            clock.now()
+        }
+        let clock = FakeClock::new();
+        assert_eq!(read(&clock), clock.now());
     }
 }

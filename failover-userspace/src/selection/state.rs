@@ -149,7 +149,9 @@ impl fmt::Display for State {
             Self::Unknown => "unknown",
             Self::Up => "up",
             Self::Down { held_until: None } => "down",
-            Self::Down { held_until: Some(_) } => "down (held for flapping)",
+            Self::Down {
+                held_until: Some(_),
+            } => "down (held for flapping)",
             Self::Draining { .. } => "draining",
             Self::Disabled => "disabled",
         })
@@ -412,9 +414,10 @@ impl BackendState {
         self.state == State::Up
     }
 
-    /// Whether established flows may keep going here: when [`usable_for_new_flows`]
-    /// (Self::usable_for_new_flows), and while draining unless the checks say the backend is
-    /// down (its flows are dead then, so they may as well be re-picked).
+    /// Whether established flows may keep going here: whenever
+    /// [`usable_for_new_flows`](Self::usable_for_new_flows), and while draining unless the
+    /// checks say the backend is down (its flows are dead then, so they may as well be
+    /// re-picked).
     pub fn usable_for_existing_flows(&self) -> bool {
         match self.state {
             State::Up => true,
@@ -772,7 +775,9 @@ mod tests {
         let mut rig = Rig::new(thresholds(3, 3, 1));
         assert!(rig.see_n(&Observation::Up, 2).is_empty());
         assert_eq!(rig.backend.health(), Health::Unknown);
-        let t = rig.see(&Observation::Up).expect("third success is the verdict");
+        let t = rig
+            .see(&Observation::Up)
+            .expect("third success is the verdict");
         assert_eq!((t.from, t.to), (State::Unknown, State::Up));
         assert_eq!(t.reason, "3 checks passed");
         assert_eq!(t.at, rig.now());
@@ -915,7 +920,8 @@ mod tests {
     #[test]
     fn flapping_is_held_down_and_visible() {
         let mut rig = Rig::new(thresholds(1, 1, 1));
-        rig.see(&Observation::Up).expect("first verdict, not a flap");
+        rig.see(&Observation::Up)
+            .expect("first verdict, not a flap");
         // Four changes within the window are tolerated.
         for _ in 0..2 {
             rig.see(&timeout()).expect("down");
@@ -1091,7 +1097,10 @@ mod tests {
         let until = now + 30 * SEC;
         assert_eq!(t.from, State::Up);
         assert_eq!(t.to, State::Draining { since: now, until });
-        assert_eq!(t.reason, "drained by operator (existing flows kept for 30s)");
+        assert_eq!(
+            t.reason,
+            "drained by operator (existing flows kept for 30s)"
+        );
         assert!(!rig.backend.usable_for_new_flows());
         assert!(rig.backend.usable_for_existing_flows());
         assert_eq!(rig.backend.next_deadline(), Some(until));
