@@ -1031,7 +1031,7 @@ fn decapsulation_restores_the_original_packet() {
     let mut decap =
         loader::load_aux(DECAP_OBJECT, "failover-decap", PROG_DECAP).expect("load decap");
     let prog = loader::xdp_mut(&mut decap, PROG_DECAP).unwrap();
-    let mut run = |packet: &[u8]| {
+    let run = |packet: &[u8]| {
         let mut out = vec![0u8; packet.len() + 64];
         let r = prog
             .test_run(TestRunOptions {
