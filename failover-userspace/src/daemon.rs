@@ -1,17 +1,26 @@
-//! The daemon: loads and attaches the packet path, writes its tables, keeps backend MACs
-//! fresh, and exits on SIGTERM/SIGINT.
+//! The daemon: loads the packet path, starts the probes, lets the brain decide and write
+//! the tables, attaches, keeps backend MACs fresh, and exits on SIGTERM/SIGINT.
 
-use std::{collections::HashMap, net::IpAddr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 
 use crate::{
+    brain::Brain,
     config::{Config, XdpLogLevel, XdpMode},
     dataplane::Dataplane,
+    health::{Checker, scheduler},
     layout,
     loader::{self, AttachMode},
-    neighbor, program,
+    neighbor,
 };
 
 /// How often backend MAC addresses are re-read from the kernel.
@@ -45,6 +54,9 @@ fn resolve_all(cfg: &Config, wait: Duration) -> HashMap<IpAddr, [u8; 6]> {
     macs
 }
 
+/// Most probes in flight at once (each bounded by its own timeout).
+const MAX_CONCURRENT_PROBES: usize = 256;
+
 /// `failover run`.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let plan = layout::plan(&cfg);
@@ -54,18 +66,39 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         Some(aya_log::EbpfLogger::init(&mut ebpf).context("starting the XDP program's logger")?)
     };
-    let mut dp = Dataplane::new(ebpf)?;
-    let mut macs = resolve_all(&cfg, Duration::from_secs(1));
-    let all_usable = |_: &str, _: &str| true;
-    program::apply(
-        &mut dp,
-        &cfg,
-        &plan,
-        &|a| macs.get(&a).copied().unwrap_or([0; 6]),
-        &all_usable,
-    )?;
+    let dp = Dataplane::new(ebpf)?;
+    let cfg_for_macs = cfg.clone();
+    let macs =
+        tokio::task::spawn_blocking(move || resolve_all(&cfg_for_macs, Duration::from_secs(1)))
+            .await?;
+    let mut brain = Brain::new(cfg.clone(), plan, dp, macs, Instant::now());
+
+    let (reports_tx, mut reports) = mpsc::channel(1024);
+    let probes = scheduler::spawn(
+        brain.targets(),
+        Checker::new(MAX_CONCURRENT_PROBES),
+        reports_tx,
+    );
+
+    // A fresh start waits (bounded) for first verdicts, so the tables it attaches with
+    // already route around dead backends.
+    let startup = tokio::time::Instant::now() + brain.startup_wait();
+    while !brain.converged() {
+        tokio::select! {
+            Some(report) = reports.recv() => {
+                if let Some(s) = brain.on_probe(&report, Instant::now())? {
+                    probes.set_schedule(report.target, s);
+                }
+            }
+            () = tokio::time::sleep_until(startup) => {
+                tracing::warn!("some backends have no verdict yet; they take no traffic until they do");
+                break;
+            }
+        }
+    }
+    brain.publish_all(Instant::now())?;
     loader::attach(
-        dp.ebpf_mut(),
+        brain.dataplane_mut().ebpf_mut(),
         failover_common::maps::PROG_BALANCER,
         &cfg.interface,
         attach_mode(cfg.xdp_mode),
@@ -73,7 +106,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(
         interface = %cfg.interface,
         services = cfg.services.len(),
-        backends = plan.sizes.backends,
         "forwarding"
     );
 
@@ -82,26 +114,42 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut refresh = tokio::time::interval(NEIGHBOR_REFRESH);
     refresh.tick().await;
     let mut log_tick = tokio::time::interval(Duration::from_millis(100));
+    let (macs_tx, mut fresh_macs) = mpsc::channel(1);
     loop {
+        let next = brain.next_deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            Some(report) = reports.recv() => {
+                if let Some(s) = brain.on_probe(&report, Instant::now())? {
+                    probes.set_schedule(report.target, s);
+                }
+            }
+            () = sleep_until_opt(next) => brain.tick(Instant::now())?,
             _ = log_tick.tick(), if logger.is_some() => {
                 if let Some(l) = logger.as_mut() { l.flush() }
             }
             _ = refresh.tick() => {
+                // Resolution may wait on ARP: off the brain's task.
                 let cfg2 = cfg.clone();
-                let fresh = tokio::task::spawn_blocking(move || resolve_all(&cfg2, Duration::from_millis(500))).await?;
-                if fresh != macs {
-                    tracing::info!("backend MACs changed; rewriting backends");
-                    macs = fresh;
-                    program::apply(&mut dp, &cfg, &plan, &|a| macs.get(&a).copied().unwrap_or([0; 6]), &all_usable)?;
-                }
+                let tx = macs_tx.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.try_send(resolve_all(&cfg2, Duration::from_millis(500)));
+                });
             }
+            Some(macs) = fresh_macs.recv() => brain.set_macs(macs, Instant::now())?,
         }
     }
+    drop(probes);
     tracing::info!(
         "stopping: the XDP program is detached with the daemon (pinning comes with issue 4)"
     );
     Ok(())
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

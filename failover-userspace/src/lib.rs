@@ -1,6 +1,7 @@
 //! failover: the userspace half of an XDP L4 load balancer with fast, safe failover.
 //!
 //! - [`cli`] and [`daemon`]: the `failover` binary's command line and `failover run`;
+//! - [`health`] and [`brain`]: probes, and what they decide (states, tiers, map writes);
 //! - [`config`]: the TOML file, parsed and validated into typed values;
 //! - [`selection`]: Maglev tables (and, later, tier selection);
 //! - [`loader`]: loads the XDP object, sizes its maps from the config, attaches it;
@@ -9,6 +10,7 @@
 //! - [`program`]: writes a desired state (backends, tables) through the dataplane;
 //! - [`neighbor`]: resolves backend and next-hop MAC addresses from the kernel.
 
+pub mod brain;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -9,6 +9,7 @@
 
 mod exec;
 mod http;
+pub mod scheduler;
 mod tcp;
 mod tls;
 mod udp;

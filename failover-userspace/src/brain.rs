@@ -1,0 +1,397 @@
+//! The failover brain: turns probe results into backend states, backend states into each
+//! service's selection (tiers, failback, exactly-one, panic), and selections into the
+//! dataplane. It is the one owner of the map handles; everything reaches it as a message.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::{CheckConfig, Config},
+    dataplane::Dataplane,
+    health::{
+        Outcome, Target,
+        scheduler::{Report, Schedule},
+    },
+    layout::Layout,
+    program::{self, Membership, ProgramError},
+    selection::{
+        state::{BackendState, FlapPolicy, Observation, Thresholds, Transition},
+        tiers::{BackendInput, Selection, TierPolicy, TierSelector},
+    },
+};
+
+/// How many state changes `events` keeps.
+const EVENT_HISTORY: usize = 1024;
+
+/// A backend's state change, or a service's new selection, for the event log.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// When it happened.
+    pub at: Instant,
+    /// Service name.
+    pub service: String,
+    /// Backend name, for backend events.
+    pub backend: Option<String>,
+    /// What changed, e.g. "up -> down: connect refused".
+    pub what: String,
+}
+
+/// One distinct probe target and the (service, backend) pairs it decides for.
+struct TargetInfo {
+    target: Target,
+    users: Vec<(usize, usize)>,
+    check: CheckConfig,
+}
+
+/// Health, selection and dataplane state of the whole config.
+pub struct Brain {
+    cfg: Config,
+    layout: Layout,
+    dp: Dataplane,
+    macs: HashMap<IpAddr, [u8; 6]>,
+    /// `[service][backend]`.
+    states: Vec<Vec<BackendState>>,
+    selectors: Vec<TierSelector>,
+    /// What each service last published (`None` before its first).
+    published: Vec<Option<Selection>>,
+    targets: Vec<TargetInfo>,
+    events: VecDeque<Event>,
+    /// Time from a probe result to the map switch it caused, most recent first.
+    switch_times: VecDeque<Duration>,
+}
+
+fn observation(outcome: &Outcome) -> Observation {
+    match outcome {
+        Outcome::Up => Observation::Up,
+        Outcome::Refused { reason } => Observation::Refused {
+            reason: reason.clone(),
+        },
+        Outcome::Failed { reason } => Observation::Failed {
+            reason: reason.clone(),
+        },
+        Outcome::Timeout { after } => Observation::Timeout { after: *after },
+    }
+}
+
+impl Brain {
+    /// Sets up states for every backend (unknown until checked; `none` checks are up at
+    /// once) and groups backends by distinct probe target.
+    pub fn new(
+        cfg: Config,
+        layout: Layout,
+        dp: Dataplane,
+        macs: HashMap<IpAddr, [u8; 6]>,
+        now: Instant,
+    ) -> Self {
+        let mut targets: Vec<TargetInfo> = Vec::new();
+        let mut index: HashMap<Target, usize> = HashMap::new();
+        let mut states = Vec::with_capacity(cfg.services.len());
+        for (s, svc) in cfg.services.iter().enumerate() {
+            let mut row = Vec::with_capacity(svc.backends.len());
+            for (b, backend) in svc.backends.iter().enumerate() {
+                let target = Target::new(
+                    backend.address,
+                    svc.port.port(),
+                    backend.port,
+                    &backend.check,
+                );
+                let mut state =
+                    BackendState::new(now, Thresholds::from(&backend.check), FlapPolicy::default());
+                match target {
+                    Some(t) => {
+                        let i = *index.entry(t.clone()).or_insert_with(|| {
+                            targets.push(TargetInfo {
+                                target: t,
+                                users: Vec::new(),
+                                check: backend.check.clone(),
+                            });
+                            targets.len() - 1
+                        });
+                        let info = &mut targets[i];
+                        info.users.push((s, b));
+                        // Shared targets probe at the pace of their most demanding user.
+                        info.check.interval = info.check.interval.min(backend.check.interval);
+                        info.check.fast_interval =
+                            info.check.fast_interval.min(backend.check.fast_interval);
+                    }
+                    None => {
+                        // `none`: always usable, for manual control.
+                        state.set_thresholds(Thresholds {
+                            rise: 1,
+                            ..state.thresholds()
+                        });
+                        state.observe(now, &Observation::Up, Duration::ZERO);
+                    }
+                }
+                row.push(state);
+            }
+            states.push(row);
+        }
+        let selectors = cfg
+            .services
+            .iter()
+            .map(|s| TierSelector::new(TierPolicy::from(s)))
+            .collect();
+        let published = vec![None; cfg.services.len()];
+        Self {
+            cfg,
+            layout,
+            dp,
+            macs,
+            states,
+            selectors,
+            published,
+            targets,
+            events: VecDeque::new(),
+            switch_times: VecDeque::new(),
+        }
+    }
+
+    /// Every probe target with its starting schedule (fast: nothing is known yet).
+    pub fn targets(&self) -> Vec<(Target, Schedule)> {
+        self.targets
+            .iter()
+            .map(|t| {
+                let s = Schedule {
+                    interval: t.check.fast_interval,
+                    jitter_percent: t.check.jitter_percent,
+                };
+                (t.target.clone(), s)
+            })
+            .collect()
+    }
+
+    /// How long a fresh start may wait for first verdicts: the slowest check's `rise`
+    /// results at its fast interval, plus a timeout.
+    pub fn startup_wait(&self) -> Duration {
+        self.targets
+            .iter()
+            .map(|t| t.check.fast_interval * t.check.rise.max(t.check.fall) + t.check.timeout)
+            .max()
+            .unwrap_or(Duration::ZERO)
+            + Duration::from_millis(100)
+    }
+
+    /// Whether every checked backend has a verdict.
+    pub fn converged(&self) -> bool {
+        self.states
+            .iter()
+            .flatten()
+            .all(|s| s.health() != crate::selection::state::Health::Unknown)
+    }
+
+    /// Takes a probe result: updates its users' states, re-selects the services whose
+    /// states changed (publishing only real changes), and returns the target's new
+    /// schedule.
+    pub fn on_probe(
+        &mut self,
+        report: &Report,
+        now: Instant,
+    ) -> Result<Option<Schedule>, ProgramError> {
+        let Some(info) = self.targets.get(report.target) else {
+            return Ok(None);
+        };
+        let obs = observation(&report.result.outcome);
+        let users = info.users.clone();
+        let mut dirty = Vec::new();
+        for &(s, b) in &users {
+            if let Some(t) = self.states[s][b].observe(now, &obs, report.result.latency) {
+                self.record(s, Some(b), &t);
+                dirty.push(s);
+            }
+        }
+        dirty.dedup();
+        for s in dirty {
+            self.recompute(s, now, Some(report.result.at))?;
+        }
+        let info = &self.targets[report.target];
+        let pending = users.iter().any(|&(s, b)| self.states[s][b].pending());
+        let interval = if pending {
+            info.check.fast_interval
+        } else {
+            info.check.interval
+        };
+        Ok(Some(Schedule {
+            interval,
+            jitter_percent: info.check.jitter_percent,
+        }))
+    }
+
+    /// Applies time-driven changes (flap holds and drains ending, slow-start ramps,
+    /// automatic failback).
+    pub fn tick(&mut self, now: Instant) -> Result<(), ProgramError> {
+        for s in 0..self.states.len() {
+            let mut changed = false;
+            for b in 0..self.states[s].len() {
+                if let Some(t) = self.states[s][b].tick(now) {
+                    self.record(s, Some(b), &t);
+                    changed = true;
+                }
+            }
+            let due = self.published[s]
+                .as_ref()
+                .and_then(Selection::next_recompute)
+                .is_some_and(|d| d <= now);
+            if changed || due {
+                self.recompute(s, now, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next time [`Brain::tick`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let states = self
+            .states
+            .iter()
+            .flatten()
+            .filter_map(BackendState::next_deadline);
+        let selections = self
+            .published
+            .iter()
+            .flatten()
+            .filter_map(Selection::next_recompute);
+        states.chain(selections).min()
+    }
+
+    /// Publishes every service (at start, and after MACs change).
+    pub fn publish_all(&mut self, now: Instant) -> Result<(), ProgramError> {
+        self.dp.set_globals(&program::globals(&self.cfg))?;
+        for s in 0..self.cfg.services.len() {
+            self.published[s] = None;
+            self.recompute(s, now, None)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the backends' MACs; republishes if any changed.
+    pub fn set_macs(
+        &mut self,
+        macs: HashMap<IpAddr, [u8; 6]>,
+        now: Instant,
+    ) -> Result<(), ProgramError> {
+        if macs != self.macs {
+            self.macs = macs;
+            tracing::info!("backend MACs changed; rewriting backends");
+            self.publish_all(now)?;
+        }
+        Ok(())
+    }
+
+    /// The dataplane (for attaching, counters).
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        &mut self.dp
+    }
+
+    /// The most recent events, oldest first.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter()
+    }
+
+    /// Recent probe-result-to-map-switch times, most recent first.
+    pub fn switch_times(&self) -> impl Iterator<Item = &Duration> {
+        self.switch_times.iter()
+    }
+
+    fn record(&mut self, s: usize, b: Option<usize>, t: &Transition) {
+        let service = self.cfg.services[s].name.clone();
+        let backend = b.map(|b| self.cfg.services[s].backends[b].name.clone());
+        tracing::info!(
+            service = %service,
+            backend = backend.as_deref().unwrap_or("-"),
+            from = %t.from,
+            to = %t.to,
+            reason = %t.reason,
+            "backend state changed"
+        );
+        self.push_event(Event {
+            at: t.at,
+            service,
+            backend,
+            what: format!("{} -> {}: {}", t.from, t.to, t.reason),
+        });
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() == EVENT_HISTORY {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    /// Re-selects service `s` and writes it if the selection changed. `cause` is when the
+    /// probe result that led here arrived (for the switch-time figure).
+    fn recompute(
+        &mut self,
+        s: usize,
+        now: Instant,
+        cause: Option<Instant>,
+    ) -> Result<(), ProgramError> {
+        let svc = &self.cfg.services[s];
+        let inputs: Vec<BackendInput<'_>> = svc
+            .backends
+            .iter()
+            .zip(&self.states[s])
+            .map(|(b, st)| BackendInput::new(b, st.status()))
+            .collect();
+        let sel = self.selectors[s].select(now, &inputs);
+        if self.published[s].as_ref() == Some(&sel) {
+            return Ok(());
+        }
+        let new_flows: Vec<(&str, u32)> = sel
+            .new_flow_members()
+            .map(|m| (m.name.as_str(), m.weight_for_table))
+            .collect();
+        let existing = |name: &str| sel.existing_flows().any(|n| n == name);
+        let macs = &self.macs;
+        program::apply_service(
+            &mut self.dp,
+            svc,
+            &self.layout.services[s],
+            &|a| macs.get(&a).copied().unwrap_or([0; 6]),
+            &Membership {
+                new_flows,
+                existing: &existing,
+            },
+        )?;
+        let switch = cause.map(|c| c.elapsed());
+        let members: Vec<String> = sel
+            .members
+            .iter()
+            .map(|m| {
+                if m.new_flows {
+                    format!("{}:{}", m.name, m.weight_for_table)
+                } else {
+                    format!("{}:existing", m.name)
+                }
+            })
+            .collect();
+        tracing::info!(
+            service = %svc.name,
+            tier = ?sel.active_tier,
+            panic = sel.panic,
+            members = %members.join(","),
+            reason = %sel.reason,
+            switch_us = switch.map(|d| d.as_micros() as u64),
+            "selection published"
+        );
+        if let Some(d) = switch {
+            if self.switch_times.len() == EVENT_HISTORY {
+                self.switch_times.pop_back();
+            }
+            self.switch_times.push_front(d);
+        }
+        let what = format!("selection: {} ({})", members.join(","), sel.reason);
+        self.push_event(Event {
+            at: now,
+            service: svc.name.clone(),
+            backend: None,
+            what,
+        });
+        self.published[s] = Some(sel);
+        Ok(())
+    }
+}

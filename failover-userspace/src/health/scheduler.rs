@@ -1,0 +1,143 @@
+//! Runs every distinct probe target on its own schedule: one task per target (a backend
+//! shared by several services with the same check is probed once), the interval set by the
+//! brain (fast while a state change is pending), with jitter so checks spread out.
+//! A slow or hung backend only delays its own task.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Checker, ProbeResult, Target};
+
+/// One probe result, for the target with this index.
+#[derive(Debug)]
+pub struct Report {
+    /// Index of the target (as given to [`spawn`]).
+    pub target: usize,
+    /// What the probe found.
+    pub result: ProbeResult,
+}
+
+/// The schedule of one target: its interval now, and the jitter to spread it by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Time between the end of one probe and the start of the next.
+    pub interval: Duration,
+    /// Up to this share (percent) of the interval is added or removed at random.
+    pub jitter_percent: u8,
+}
+
+/// Handles to the running probe tasks; dropping it stops them.
+pub struct Probes {
+    schedules: Vec<watch::Sender<Schedule>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Probes {
+    /// Changes a target's schedule (takes effect after its current wait).
+    pub fn set_schedule(&self, target: usize, schedule: Schedule) {
+        if let Some(tx) = self.schedules.get(target) {
+            tx.send_if_modified(|s| {
+                let changed = *s != schedule;
+                *s = schedule;
+                changed
+            });
+        }
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A cheap, seedable jitter source (no need for cryptographic randomness here).
+fn jittered(interval: Duration, percent: u8, seed: &mut u64) -> Duration {
+    if percent == 0 {
+        return interval;
+    }
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    let span = interval.as_nanos() as u64 * u64::from(percent) / 100;
+    if span == 0 {
+        return interval;
+    }
+    let offset = *seed % (2 * span + 1);
+    Duration::from_nanos((interval.as_nanos() as u64 + offset).saturating_sub(span))
+}
+
+/// Starts one task per target: each probes at once, then waits its (jittered) interval
+/// after every result. Results go to `reports`.
+pub fn spawn(
+    targets: Vec<(Target, Schedule)>,
+    checker: Checker,
+    reports: mpsc::Sender<Report>,
+) -> Probes {
+    let mut schedules = Vec::with_capacity(targets.len());
+    let mut tasks = Vec::with_capacity(targets.len());
+    for (index, (target, schedule)) in targets.into_iter().enumerate() {
+        let (tx, mut rx) = watch::channel(schedule);
+        schedules.push(tx);
+        let checker = checker.clone();
+        let reports = reports.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (index as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            loop {
+                let result = checker.run(target.clone()).await;
+                if reports.send(Report { target: index, result }).await.is_err() {
+                    return;
+                }
+                let s = *rx.borrow_and_update();
+                let wait = jittered(s.interval, s.jitter_percent, &mut seed);
+                // A schedule change (e.g. to the fast interval) cuts the wait short.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let s = *rx.borrow_and_update();
+                        if s.interval < wait {
+                            tokio::time::sleep(jittered(s.interval, s.jitter_percent, &mut seed)).await;
+                        } else {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    Probes { schedules, tasks }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+    use std::time::Duration;
+
+    #[test]
+    fn jitter_stays_within_its_share() {
+        let mut seed = 42;
+        let base = Duration::from_millis(1000);
+        let mut lo = base;
+        let mut hi = base;
+        for _ in 0..10_000 {
+            let d = jittered(base, 10, &mut seed);
+            assert!(
+                d >= Duration::from_millis(900) && d <= Duration::from_millis(1100),
+                "{d:?}"
+            );
+            lo = lo.min(d);
+            hi = hi.max(d);
+        }
+        assert!(
+            lo < Duration::from_millis(920) && hi > Duration::from_millis(1080),
+            "jitter must spread: {lo:?}..{hi:?}"
+        );
+        assert_eq!(jittered(base, 0, &mut seed), base);
+    }
+}
