@@ -61,6 +61,10 @@ pub struct Brain {
     events: VecDeque<Event>,
     /// Time from a probe result to the map switch it caused, most recent first.
     switch_times: VecDeque<Duration>,
+    /// Set by the first [`Brain::publish_all`]: before it, results only build up states,
+    /// so the first selection sees every first verdict at once (a backup that answered
+    /// first must not become the active tier and then wait out a failback hold).
+    publishing: bool,
 }
 
 fn observation(outcome: &Outcome) -> Observation {
@@ -147,6 +151,7 @@ impl Brain {
             targets,
             events: VecDeque::new(),
             switch_times: VecDeque::new(),
+            publishing: false,
         }
     }
 
@@ -204,6 +209,9 @@ impl Brain {
             }
         }
         dirty.dedup();
+        if !self.publishing {
+            dirty.clear();
+        }
         for s in dirty {
             self.recompute(s, now, Some(report.result.at))?;
         }
@@ -223,6 +231,9 @@ impl Brain {
     /// Applies time-driven changes (flap holds and drains ending, slow-start ramps,
     /// automatic failback).
     pub fn tick(&mut self, now: Instant) -> Result<(), ProgramError> {
+        if !self.publishing {
+            return Ok(());
+        }
         for s in 0..self.states.len() {
             let mut changed = false;
             for b in 0..self.states[s].len() {
@@ -259,6 +270,7 @@ impl Brain {
 
     /// Publishes every service (at start, and after MACs change).
     pub fn publish_all(&mut self, now: Instant) -> Result<(), ProgramError> {
+        self.publishing = true;
         self.dp.set_globals(&program::globals(&self.cfg))?;
         for s in 0..self.cfg.services.len() {
             self.published[s] = None;
@@ -301,7 +313,7 @@ impl Brain {
         let backend = b.map(|b| self.cfg.services[s].backends[b].name.clone());
         tracing::info!(
             service = %service,
-            backend = backend.as_deref().unwrap_or("-"),
+            backend = %backend.as_deref().unwrap_or("-"),
             from = %t.from,
             to = %t.to,
             reason = %t.reason,

@@ -108,6 +108,11 @@ impl Daemon {
     /// Waits until a log line contains `needle`; fails with the log if the daemon exits or
     /// the time runs out.
     pub fn wait_for(&mut self, needle: &str, limit: Duration) -> anyhow::Result<String> {
+        self.wait_for_all(&[needle], limit)
+    }
+
+    /// Waits until one log line contains every one of `needles`.
+    pub fn wait_for_all(&mut self, needles: &[&str], limit: Duration) -> anyhow::Result<String> {
         let deadline = std::time::Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -117,14 +122,14 @@ impl Daemon {
             {
                 Ok(line) => {
                     self.log.push(line.clone());
-                    if line.contains(needle) {
+                    if needles.iter().all(|n| line.contains(n)) {
                         return Ok(line);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     bail!(
-                        "the daemon exited before logging {needle:?}; its log:\n{}",
+                        "the daemon exited before logging {needles:?}; its log:\n{}",
                         self.log.join("\n")
                     )
                 }
@@ -132,13 +137,13 @@ impl Daemon {
             if let Some(status) = self.child.try_wait()? {
                 self.drain();
                 bail!(
-                    "the daemon exited ({status}) before logging {needle:?}; its log:\n{}",
+                    "the daemon exited ({status}) before logging {needles:?}; its log:\n{}",
                     self.log.join("\n")
                 );
             }
             if left.is_zero() {
                 bail!(
-                    "the daemon did not log {needle:?} within {limit:?}; its log:\n{}",
+                    "the daemon did not log {needles:?} within {limit:?}; its log:\n{}",
                     self.log.join("\n")
                 );
             }

@@ -149,7 +149,7 @@ where
     })
 }
 
-async fn tcp_request(target: SocketAddr, i: usize, limit: Duration) -> Reply {
+pub(crate) async fn tcp_request(target: SocketAddr, i: usize, limit: Duration) -> Reply {
     let request = format!("req-{i}");
     let deadline = Instant::now() + limit;
     let stream = timeout_at(deadline, TcpStream::connect(target))

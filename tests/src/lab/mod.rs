@@ -18,6 +18,7 @@ pub mod netns;
 pub mod server;
 pub mod sys;
 pub mod topology;
+pub mod traffic;
 
 pub use client::{Reply, Tally};
 pub use netns::{Netns, NsGuard, list_namespaces, run_in};

@@ -21,15 +21,27 @@ const NETNS_DIR: &str = "/var/run/netns";
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Whether dropping this value deletes the namespace.
+    owned: bool,
 }
 
 impl Netns {
+    /// A handle on a namespace another guard owns (for a background thread): dropping it
+    /// leaves the namespace alone.
+    pub fn existing(name: &str) -> Self {
+        Netns {
+            name: name.to_owned(),
+            owned: false,
+        }
+    }
+
     /// Creates the namespace `name` and brings its loopback up.
     pub fn new(name: &str) -> anyhow::Result<Self> {
         ip(["netns", "add", name])?;
         // From here on the guard owns the namespace: a failure below still deletes it.
         let ns = Netns {
             name: name.to_owned(),
+            owned: true,
         };
         ip(["-n", name, "link", "set", "lo", "up"])?;
         Ok(ns)
@@ -93,6 +105,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // A process left inside keeps the namespace (and its interfaces) alive after the
         // name is gone, so kill them first.
         if let Ok(pids) = self.pids() {

@@ -1,0 +1,371 @@
+//! End-to-end failover: the real daemon, real servers and clients in network namespaces,
+//! backends killed, blackholed and revived under a steady stream of new connections and
+//! long-lived ones. What must hold: a dead backend stops getting new flows within one check
+//! interval (+100 ms), flows on healthy backends are never disturbed, failback follows
+//! the configured policy.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use failover_tests::{
+    daemon::Daemon,
+    lab::{
+        Lab, Listen, Server,
+        traffic::{Attempt, Persistent, Stream},
+    },
+    xdp,
+};
+
+const VIP: &str = "198.18.0.10:80";
+
+/// A lab with `n` backends serving TCP 80, each named `be-N` (its replies say so).
+struct Rig {
+    servers: Vec<Server>,
+    _pass: aya::Ebpf,
+    lab: Lab,
+}
+
+impl Rig {
+    fn new(n: usize) -> Self {
+        let lab = Lab::new(n).expect("build the lab");
+        let pass = xdp::pass_on_lb_peer(&lab).expect("attach the pass program");
+        let servers = lab
+            .backends()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Server::start(
+                    b.ns(),
+                    &format!("be-{}", i + 1),
+                    &[Listen::Tcp("0.0.0.0:80".parse().unwrap())],
+                )
+                .expect("server")
+            })
+            .collect();
+        Self {
+            servers,
+            _pass: pass,
+            lab,
+        }
+    }
+
+    /// A `web` service over the lab's backends; `backend_extra(i)` adds keys per backend.
+    fn config(
+        &self,
+        service_extra: &str,
+        check: &str,
+        backend_extra: &dyn Fn(usize) -> String,
+    ) -> String {
+        let mut s = format!(
+            "interface = \"{}\"\nflow_capacity = 65536\n[[service]]\nname = \"web\"\nvip = \"198.18.0.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n{service_extra}\n  [service.check]\n{check}\n",
+            self.lab.lb_if()
+        );
+        for (i, b) in self.lab.backends().iter().enumerate() {
+            s += &format!(
+                "  [[service.backend]]\n  name = \"be-{}\"\n  address = \"{}\"\n{}",
+                i + 1,
+                b.ipv4(),
+                backend_extra(i)
+            );
+        }
+        s
+    }
+}
+
+fn vip() -> SocketAddr {
+    VIP.parse().unwrap()
+}
+
+fn failures(attempts: &[Attempt]) -> Vec<&Attempt> {
+    attempts.iter().filter(|a| a.reply.is_err()).collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// kill -9 under 100 new connections per second: out within one interval + 100 ms, at most
+/// 6 new connections fail, none to a healthy backend, established ones untouched.
+#[test]
+fn killed_backend_is_out_within_one_interval() {
+    let mut rig = Rig::new(3);
+    let interval = Duration::from_millis(50);
+    let check =
+        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let mut daemon = Daemon::start(
+        rig.lab.lb().ns(),
+        &rig.config("", check, &|_| String::new()),
+    )
+    .expect("daemon");
+
+    let client = rig.lab.client().ns();
+    let held = Persistent::start(
+        client,
+        vip(),
+        30,
+        Duration::from_millis(100),
+        Duration::from_secs(4),
+    );
+    let stream = Stream::start(client, vip(), 100, 400, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = Instant::now();
+    rig.servers[1].kill9();
+    daemon
+        .wait_for_all(&["backend=be-2", "to=down"], Duration::from_secs(3))
+        .expect("the daemon notices");
+    let noticed = killed.elapsed();
+    let attempts = stream.join();
+    let held = held.join();
+
+    let failed = failures(&attempts);
+    let last_failure = failed
+        .iter()
+        .map(|a| a.started.saturating_duration_since(killed))
+        .max();
+    eprintln!(
+        "kill -9: detected after {:.1} ms (log), {} of {} new connections failed, last failure started {:.1} ms after the kill",
+        ms(noticed),
+        failed.len(),
+        attempts.len(),
+        last_failure.map_or(0.0, ms)
+    );
+    assert_eq!(attempts.len(), 400, "every connection of the stream ran");
+    assert!(
+        noticed <= interval + Duration::from_millis(100),
+        "detection took {:.1} ms",
+        ms(noticed)
+    );
+    assert!(
+        failed.len() <= 6,
+        "{} new connections failed (at most 6 allowed): {:?}",
+        failed.len(),
+        failed
+    );
+    if let Some(last) = last_failure {
+        assert!(
+            last <= interval + Duration::from_millis(100),
+            "a new connection still failed {:.1} ms after the kill",
+            ms(last)
+        );
+    }
+    for a in &failed {
+        assert!(
+            a.started >= killed,
+            "a connection failed before the kill: {a:?}"
+        );
+    }
+    let after: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| a.started > killed + interval + Duration::from_millis(100))
+        .collect();
+    assert!(
+        after.iter().all(|a| a.backend() != Some("be-2")),
+        "be-2 still got new connections after detection"
+    );
+    for h in &held {
+        if h.backend.as_deref() != Some("be-2") {
+            assert!(
+                h.error.is_none(),
+                "an established connection on a healthy backend was disturbed: {h:?}"
+            );
+        }
+    }
+    assert!(
+        held.iter()
+            .filter(|h| h.backend.as_deref() != Some("be-2"))
+            .count()
+            >= 10,
+        "enough long-lived connections on healthy backends"
+    );
+}
+
+/// A blackholed backend (its link down: no answer, no reset) is detected by timeout within
+/// interval x fall + timeout + 100 ms, and no new connection fails: the clients' SYN
+/// retransmissions are re-picked onto healthy backends.
+#[test]
+fn blackholed_backend_is_out_by_timeout_and_no_connection_fails() {
+    let rig = Rig::new(3);
+    let check =
+        "  type = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n  rise = 2\n  fall = 2\n";
+    let mut daemon = Daemon::start(
+        rig.lab.lb().ns(),
+        &rig.config("", check, &|_| String::new()),
+    )
+    .expect("daemon");
+    let client = rig.lab.client().ns();
+    let held = Persistent::start(
+        client,
+        vip(),
+        30,
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    );
+    let stream = Stream::start(client, vip(), 100, 300, Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(1000));
+    let b2 = rig.lab.backend(2);
+    let cut = Instant::now();
+    b2.ns()
+        .ip(["link", "set", "dev", b2.ifname(), "down"])
+        .expect("link down");
+    daemon
+        .wait_for_all(&["backend=be-2", "to=down"], Duration::from_secs(3))
+        .expect("the daemon notices");
+    let noticed = cut.elapsed();
+    let attempts = stream.join();
+    let held = held.join();
+    let slowest = attempts.iter().filter(|a| a.started >= cut).count();
+    eprintln!(
+        "blackhole: detected after {:.1} ms; {} connections started after the cut",
+        ms(noticed),
+        slowest
+    );
+    // interval x fall + timeout + 100 ms
+    let bound = Duration::from_millis(100 * 2 + 50 + 100);
+    assert!(
+        noticed <= bound,
+        "detection took {:.1} ms, bound {:.0} ms",
+        ms(noticed),
+        ms(bound)
+    );
+    let failed = failures(&attempts);
+    assert!(
+        failed.is_empty(),
+        "{} new connections failed; they must only be delayed: {:?}",
+        failed.len(),
+        failed
+    );
+    for h in &held {
+        if h.backend.as_deref() != Some("be-2") {
+            assert!(
+                h.error.is_none(),
+                "an established connection on a healthy backend was disturbed: {h:?}"
+            );
+        }
+    }
+}
+
+/// Active-passive with automatic failback: the backup takes over when the primary dies;
+/// when the primary returns, new connections go back to it only after the hold, and
+/// connections established on the backup stay there.
+#[test]
+fn backup_takes_over_and_auto_failback_waits_for_the_hold() {
+    let mut rig = Rig::new(2);
+    let check =
+        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let tiers = |i: usize| format!("  tier = {i}\n");
+    let cfg = rig.config(
+        "failback = \"auto\"\nfailback_hold = \"1s\"\n",
+        check,
+        &tiers,
+    );
+    let mut daemon = Daemon::start(rig.lab.lb().ns(), &cfg).expect("daemon");
+    let client = rig.lab.client().ns();
+    let probe = |n: usize| {
+        failover_tests::lab::client::tcp_requests(client, vip(), n, Duration::from_secs(2), 8)
+    };
+    let only = |replies: &[failover_tests::lab::Reply], who: &str| {
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| s.starts_with(&format!("{who} "))))
+    };
+    let first = probe(20);
+    assert!(
+        only(&first, "be-1"),
+        "the primary takes every connection at first: {first:?}"
+    );
+
+    rig.servers[0].kill9();
+    daemon
+        .wait_for_all(&["backend=be-1", "to=down"], Duration::from_secs(3))
+        .expect("primary down");
+    daemon
+        .wait_for_all(
+            &["selection published", "members=be-2:100"],
+            Duration::from_secs(3),
+        )
+        .expect("backup active");
+    let on_backup = Persistent::start(
+        client,
+        vip(),
+        10,
+        Duration::from_millis(100),
+        Duration::from_secs(4),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(only(&probe(20), "be-2"), "the backup takes over");
+
+    rig.servers[0].restart().expect("restart the primary");
+    let back = Instant::now();
+    daemon
+        .wait_for_all(&["backend=be-1", "to=up"], Duration::from_secs(3))
+        .expect("primary up again");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(back.elapsed() < Duration::from_millis(900));
+    assert!(only(&probe(10), "be-2"), "no failback before the 1 s hold");
+    daemon
+        .wait_for_all(
+            &["selection published", "members=be-1:100"],
+            Duration::from_secs(3),
+        )
+        .expect("failback");
+    let waited = back.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "failback after {:.0} ms, before the hold",
+        ms(waited)
+    );
+    assert!(
+        only(&probe(20), "be-1"),
+        "after the hold, new connections go to the primary"
+    );
+    for h in on_backup.join() {
+        assert_eq!(h.backend.as_deref(), Some("be-2"), "{h:?}");
+        assert!(
+            h.error.is_none(),
+            "a connection established on the backup was disturbed by failback: {h:?}"
+        );
+    }
+}
+
+/// Manual failback (the safe choice for a database primary): the service stays on the
+/// backup after the primary recovers.
+#[test]
+fn manual_failback_stays_on_the_backup() {
+    let mut rig = Rig::new(2);
+    let check =
+        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let tiers = |i: usize| format!("  tier = {i}\n");
+    let cfg = rig.config("failback = \"manual\"\nexactly_one = true\n", check, &tiers);
+    let mut daemon = Daemon::start(rig.lab.lb().ns(), &cfg).expect("daemon");
+    let client = rig.lab.client().ns();
+    let probe = |n: usize| {
+        failover_tests::lab::client::tcp_requests(client, vip(), n, Duration::from_secs(2), 8)
+    };
+    let only = |replies: &[failover_tests::lab::Reply], who: &str| {
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| s.starts_with(&format!("{who} "))))
+    };
+    let first = probe(20);
+    assert!(
+        only(&first, "be-1"),
+        "exactly one: the primary takes every connection: {first:?}"
+    );
+    rig.servers[0].kill9();
+    daemon
+        .wait_for_all(&["backend=be-1", "to=down"], Duration::from_secs(3))
+        .expect("primary down");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(only(&probe(20), "be-2"), "the standby takes over");
+    rig.servers[0].restart().expect("restart the primary");
+    daemon
+        .wait_for_all(&["backend=be-1", "to=up"], Duration::from_secs(3))
+        .expect("primary up again");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        only(&probe(20), "be-2"),
+        "manual failback: the service stays on the standby"
+    );
+}
