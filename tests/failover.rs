@@ -25,29 +25,43 @@ struct Rig {
     servers: Vec<Server>,
     _pass: aya::Ebpf,
     lab: Lab,
+    mode: String,
 }
 
 impl Rig {
     fn new(n: usize) -> Self {
+        Self::with_mode(n, "dsr")
+    }
+
+    /// `nat` backends listen on 8080 and route replies to the client through the lb.
+    fn with_mode(n: usize, mode: &str) -> Self {
         let lab = Lab::new(n).expect("build the lab");
         let pass = xdp::pass_on_lb_peer(&lab).expect("attach the pass program");
+        let port = if mode == "nat" { 8080 } else { 80 };
+        if mode == "nat" {
+            for b in lab.backends() {
+                b.ns()
+                    .ip(["route", "add", "198.18.0.2/32", "via", "198.18.0.1"])
+                    .expect("route via the lb");
+            }
+        }
         let servers = lab
             .backends()
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                Server::start(
-                    b.ns(),
-                    &format!("be-{}", i + 1),
-                    &[Listen::Tcp("0.0.0.0:80".parse().unwrap())],
-                )
-                .expect("server")
+                let listen = [Listen::Tcp(std::net::SocketAddr::from((
+                    [0, 0, 0, 0],
+                    port,
+                )))];
+                Server::start(b.ns(), &format!("be-{}", i + 1), &listen).expect("server")
             })
             .collect();
         Self {
             servers,
             _pass: pass,
             lab,
+            mode: mode.to_owned(),
         }
     }
 
@@ -59,12 +73,18 @@ impl Rig {
         backend_extra: &dyn Fn(usize) -> String,
     ) -> String {
         let mut s = format!(
-            "interface = \"{}\"\nflow_capacity = 65536\n[[service]]\nname = \"web\"\nvip = \"198.18.0.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n{service_extra}\n  [service.check]\n{check}\n",
-            self.lab.lb_if()
+            "interface = \"{}\"\nflow_capacity = 65536\n[[service]]\nname = \"web\"\nvip = \"198.18.0.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{}\"\n{service_extra}\n  [service.check]\n{check}\n",
+            self.lab.lb_if(),
+            self.mode
         );
+        let port = if self.mode == "nat" {
+            "  port = 8080\n"
+        } else {
+            ""
+        };
         for (i, b) in self.lab.backends().iter().enumerate() {
             s += &format!(
-                "  [[service.backend]]\n  name = \"be-{}\"\n  address = \"{}\"\n{}",
+                "  [[service.backend]]\n  name = \"be-{}\"\n  address = \"{}\"\n{port}{}",
                 i + 1,
                 b.ipv4(),
                 backend_extra(i)
@@ -179,6 +199,65 @@ fn killed_backend_is_out_within_one_interval() {
             >= 10,
         "enough long-lived connections on healthy backends"
     );
+}
+
+/// In `nat` mode the packet path sees the dead backend reset new connections: it reports
+/// it at once (the daemon checks that backend immediately) and hides the reset, so the
+/// client's SYN retransmission is re-picked: no new connection fails.
+#[test]
+fn nat_killed_backend_fails_no_connection() {
+    let mut rig = Rig::with_mode(3, "nat");
+    let check =
+        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let mut daemon = Daemon::start(
+        rig.lab.lb().ns(),
+        &rig.config("", check, &|_| String::new()),
+    )
+    .expect("daemon");
+    let client = rig.lab.client().ns();
+    let held = Persistent::start(
+        client,
+        vip(),
+        30,
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    );
+    let stream = Stream::start(client, vip(), 100, 300, Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(1000));
+    let killed = Instant::now();
+    rig.servers[1].kill9();
+    daemon
+        .wait_for_all(&["backend=be-2", "to=down"], Duration::from_secs(3))
+        .expect("the daemon notices");
+    let noticed = killed.elapsed();
+    let attempts = stream.join();
+    let held = held.join();
+    let failed = failures(&attempts);
+    eprintln!(
+        "nat kill -9: detected after {:.1} ms; {} of {} new connections failed",
+        ms(noticed),
+        failed.len(),
+        attempts.len()
+    );
+    assert!(
+        noticed <= Duration::from_millis(150),
+        "detection took {:.1} ms",
+        ms(noticed)
+    );
+    assert!(
+        failed.is_empty(),
+        "{} new connections failed in nat mode: {:?}",
+        failed.len(),
+        failed
+    );
+    for h in &held {
+        if h.backend.as_deref() != Some("be-2") {
+            assert!(
+                h.error.is_none(),
+                "an established connection on a healthy backend was disturbed: {h:?}"
+            );
+        }
+    }
 }
 
 /// A blackholed backend (its link down: no answer, no reset) is detected by timeout within

@@ -1093,3 +1093,76 @@ fn decapsulation_restores_the_original_packet() {
         assert_eq!(out, packet, "{name}: untouched");
     }
 }
+
+/// A `nat` backend that resets a new flow's SYN: the reset is counted, reported, dropped
+/// (not passed to the client), and the flow forgotten so the next SYN is picked afresh.
+/// A reset on an answered flow is an ordinary reply.
+#[test]
+fn nat_backend_reset_of_a_new_flow_is_hidden_and_forgotten() {
+    let mut rig = Rig::new(CONFIG).expect("load the balancer");
+    let nat_id = rig.layout.service("nat4").unwrap().entry.id;
+    let syn = tcp4([198, 18, 0, 13], 4200, 80);
+    assert_eq!(rig.run(&syn).unwrap().verdict, XDP_TX);
+    let new_before = rig.dp.service_traffic(nat_id).unwrap().new_flows;
+    let rst = build(|v| {
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4([198, 18, 1, 5], CLIENT4, 64)
+            .tcp(8080, 4200, 0, 0)
+            .rst()
+            .write(v, &[])
+            .unwrap()
+    });
+    let resets = rig.counter(Counter::BackendReset).unwrap();
+    let out = rig.run(&rst).unwrap();
+    assert_eq!(
+        verdict_name(out.verdict),
+        "XDP_DROP",
+        "the reset is not passed to the client"
+    );
+    assert_eq!(
+        rig.counter(Counter::BackendReset).unwrap(),
+        resets + 1,
+        "counted"
+    );
+    // The flow is forgotten: an ACK of the same tuple is a new flow now.
+    let ack = tcp4_from(
+        (CLIENT_MAC, LB_MAC),
+        CLIENT4,
+        [198, 18, 0, 13],
+        4200,
+        80,
+        false,
+    );
+    assert_eq!(rig.run(&ack).unwrap().verdict, XDP_TX);
+    assert_eq!(
+        rig.dp.service_traffic(nat_id).unwrap().new_flows,
+        new_before + 1,
+        "re-picked as a new flow"
+    );
+
+    // Answered flows: a later reset is translated and passed like any reply.
+    let syn = tcp4([198, 18, 0, 13], 4201, 80);
+    rig.run(&syn).unwrap();
+    let synack = tcp4_from(
+        (CLIENT_MAC, LB_MAC),
+        [198, 18, 1, 5],
+        CLIENT4,
+        8080,
+        4201,
+        false,
+    );
+    assert_eq!(verdict_name(rig.run(&synack).unwrap().verdict), "XDP_PASS");
+    let rst2 = build(|v| {
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4([198, 18, 1, 5], CLIENT4, 64)
+            .tcp(8080, 4201, 0, 0)
+            .rst()
+            .write(v, &[])
+            .unwrap()
+    });
+    assert_eq!(
+        verdict_name(rig.run(&rst2).unwrap().verdict),
+        "XDP_PASS",
+        "a reset of an answered flow reaches the client"
+    );
+}

@@ -76,6 +76,14 @@ impl FlowKey {
     }
 }
 
+/// `NatOrigin::state`: the flow began with a SYN and the backend has not answered yet.
+pub const NAT_SYN_SENT: u8 = 1;
+/// `NatOrigin::state`: the backend answered with something other than a reset.
+pub const NAT_ANSWERED: u8 = 2;
+/// `NatOrigin::flags`: a reset answering the flow's SYN is dropped and the flow forgotten,
+/// so the client's SYN retransmission is re-picked (`passive_reset` policy).
+pub const NAT_F_HIDE_RESET: u8 = 1 << 0;
+
 /// For `nat` services: what a backend's reply must be translated back to. Keyed by the
 /// reply's own flow (backend address and port to client address and port).
 #[repr(C)]
@@ -85,9 +93,25 @@ pub struct NatOrigin {
     pub vip_be: [u32; 4],
     /// The service port the client addressed.
     pub vport_be: u16,
-    /// Explicit padding.
-    pub _pad: u16,
-    /// Service id (for counters).
+    /// `NAT_SYN_SENT`, `NAT_ANSWERED`, or 0 (not begun by a SYN: UDP, mid-stream).
+    pub state: u8,
+    /// `NAT_F_*` bits.
+    pub flags: u8,
+    /// Service id (for counters and reset reports).
     pub service: u32,
+    /// Backend id.
+    pub backend: u32,
 }
-const _: () = assert!(core::mem::size_of::<NatOrigin>() == 24);
+const _: () = assert!(core::mem::size_of::<NatOrigin>() == 28);
+
+/// A backend answered a new flow's SYN with a reset: sent to the daemon at once through
+/// the `RESETS` ring buffer, so it checks that backend immediately.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetReport {
+    /// Service id.
+    pub service: u32,
+    /// Backend id.
+    pub backend: u32,
+}
+const _: () = assert!(core::mem::size_of::<ResetReport>() == 8);

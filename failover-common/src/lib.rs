@@ -13,7 +13,7 @@ pub mod service;
 pub mod stats;
 
 pub use backend::Backend;
-pub use flow::{FlowKey, FlowKey4, FlowValue, NatOrigin};
+pub use flow::{FlowKey, FlowKey4, FlowValue, NatOrigin, ResetReport};
 pub use service::{ForwardMode, Globals, ServiceKey, ServiceKey4, ServiceValue};
 pub use stats::{Counter, Traffic};
 
@@ -56,5 +56,6 @@ pod!(
     FlowKey4,
     FlowValue,
     NatOrigin,
+    ResetReport,
     Traffic
 );

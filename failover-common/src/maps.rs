@@ -25,6 +25,8 @@ pub const FLOWS4: &str = "FLOWS4";
 pub const FLOWS6: &str = "FLOWS6";
 /// `LruHashMap<FlowKey, NatOrigin>`: `nat` replies, keyed by the reply's flow.
 pub const NAT_REPLIES: &str = "NAT_REPLIES";
+/// `RingBuf` of [`crate::ResetReport`]: backends that reset a new flow's SYN (`nat`).
+pub const RESETS: &str = "RESETS";
 /// `PerCpuArray<u64>` indexed by [`crate::Counter`].
 pub const COUNTERS: &str = "COUNTERS";
 /// `PerCpuArray<Traffic>` indexed by service id.

@@ -76,6 +76,9 @@ impl ForwardMode {
 
 /// `ServiceValue::flags`: with no usable backend, pass to the local stack instead of dropping.
 pub const SVC_F_NO_BACKEND_PASS: u32 = 1 << 0;
+/// `ServiceValue::flags` (`nat`, TCP): a reset answering a new flow's SYN is not passed to
+/// the client; the flow is forgotten so the SYN retransmission is re-picked.
+pub const SVC_F_HIDE_RESET: u32 = 1 << 1;
 
 /// What the packet path knows about a service.
 ///

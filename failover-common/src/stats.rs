@@ -40,6 +40,9 @@ pub enum Counter {
     Fragment,
     /// NAT reply translated back to the VIP.
     NatReply,
+    /// A `nat` backend reset a new flow's SYN: reported; with `passive_reset`, dropped and
+    /// the flow forgotten so the client's retransmission is re-picked.
+    BackendReset,
     /// An existing flow whose backend became unusable, moved to a new one.
     FlowRepicked,
 }
@@ -67,6 +70,7 @@ impl Counter {
         Self::IcmpToBackend,
         Self::Fragment,
         Self::NatReply,
+        Self::BackendReset,
         Self::FlowRepicked,
     ];
 
@@ -106,6 +110,7 @@ impl Counter {
             Self::IcmpToBackend => "icmp_to_backend",
             Self::Fragment => "fragment",
             Self::NatReply => "nat_reply",
+            Self::BackendReset => "backend_reset",
             Self::FlowRepicked => "flow_repicked",
         }
     }

@@ -57,7 +57,7 @@ pub fn handle(ctx: &XdpContext, l2: L2, l3: &L3) -> Result<u32, Counter> {
         _pad: [0; 2],
     };
     let pick = select::backend(&svc, &key, true, false)?;
-    let action = forward::forward(ctx, l2, l3, &svc, &pick.backend, &key, false)?;
+    let action = forward::forward(ctx, l2, l3, &svc, &pick, &key, false)?;
     stats::count(Counter::IcmpToBackend);
     Ok(action)
 }

@@ -67,7 +67,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Counter> {
         debug!(ctx, "service {} new flow -> backend {}", svc.id, pick.id);
     }
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let action = forward::forward(ctx, l2, &l3, &svc, &pick.backend, &key, pick.new_flow)?;
+    let action = forward::forward(ctx, l2, &l3, &svc, &pick, &key, syn)?;
     stats::forwarded(svc.id, pick.id, bytes, pick.new_flow);
     Ok(action)
 }

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use failover_common::{
     Backend, Counter, FlowKey, FlowKey4, FlowValue, Globals, NatOrigin, ServiceKey, ServiceKey4,
@@ -63,3 +63,7 @@ pub static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
 #[map]
 pub static NAT_REPLIES: LruHashMap<FlowKey, NatOrigin> =
     LruHashMap::with_max_entries(PLACEHOLDER_ENTRIES, 0);
+
+/// Backends that reset a new flow's SYN (`nat`), for the daemon to check at once.
+#[map]
+pub static RESETS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);

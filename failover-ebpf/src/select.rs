@@ -124,3 +124,13 @@ pub fn backend(
         new_flow: true,
     })
 }
+
+/// Forgets a flow (its next packet is picked afresh).
+#[inline(always)]
+pub fn forget(key: &FlowKey) {
+    let _ = if key.family == FAMILY_IPV4 {
+        FLOWS4.remove(key.v4())
+    } else {
+        FLOWS6.remove(key)
+    };
+}

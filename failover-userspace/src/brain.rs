@@ -228,6 +228,30 @@ impl Brain {
         }))
     }
 
+    /// A backend reset a new flow's SYN (reported by the packet path): returns the probe
+    /// target to check at once.
+    pub fn on_reset(&mut self, service: u32, backend: u32, now: Instant) -> Option<usize> {
+        let s = self
+            .layout
+            .services
+            .iter()
+            .position(|l| l.entry.id == service)?;
+        let b = self.layout.services[s]
+            .backends
+            .iter()
+            .position(|l| l.id == backend)?;
+        let svc = &self.cfg.services[s];
+        let (service, backend) = (svc.name.clone(), svc.backends[b].name.clone());
+        tracing::info!(service = %service, backend = %backend, "backend reset a new connection; checking it now");
+        self.push_event(Event {
+            at: now,
+            service,
+            backend: Some(backend),
+            what: "reset a new connection's SYN: checking now".into(),
+        });
+        self.targets.iter().position(|t| t.users.contains(&(s, b)))
+    }
+
     /// Applies time-driven changes (flap holds and drains ending, slow-start ramps,
     /// automatic failback).
     pub fn tick(&mut self, now: Instant) -> Result<(), ProgramError> {

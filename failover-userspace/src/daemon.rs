@@ -66,7 +66,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         Some(aya_log::EbpfLogger::init(&mut ebpf).context("starting the XDP program's logger")?)
     };
-    let dp = Dataplane::new(ebpf)?;
+    let mut dp = Dataplane::new(ebpf)?;
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
+    // AsyncFd (which owns the ring buffer) is dropped.
+    let mut resets = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            dp.take_resets()?,
+            tokio::io::Interest::READABLE,
+        )
+    }
+    .map_err(|e| anyhow::anyhow!("polling the RESETS ring buffer: {e}"))?;
     let cfg_for_macs = cfg.clone();
     let macs =
         tokio::task::spawn_blocking(move || resolve_all(&cfg_for_macs, Duration::from_secs(1)))
@@ -126,6 +135,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
             }
             () = sleep_until_opt(next) => brain.tick(Instant::now())?,
+            guard = resets.readable_mut() => {
+                let mut guard = guard.context("RESETS ring buffer")?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if let Some(report) = reset_report(&item) {
+                        if let Some(t) = brain.on_reset(report.service, report.backend, Instant::now()) {
+                            probes.probe_now(t);
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
             _ = log_tick.tick(), if logger.is_some() => {
                 if let Some(l) = logger.as_mut() { l.flush() }
             }
@@ -145,6 +166,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "stopping: the XDP program is detached with the daemon (pinning comes with issue 4)"
     );
     Ok(())
+}
+
+/// Decodes one `RESETS` record.
+fn reset_report(bytes: &[u8]) -> Option<failover_common::ResetReport> {
+    if bytes.len() < std::mem::size_of::<failover_common::ResetReport>() {
+        return None;
+    }
+    // SAFETY: the record is a `ResetReport` written by the packet path (repr(C), any bits
+    // valid); read_unaligned because the ring gives no alignment guarantee we rely on.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

@@ -204,6 +204,11 @@ impl Dataplane {
         })
     }
 
+    /// Takes the `RESETS` ring buffer (backends resetting new flows), for one reader.
+    pub fn take_resets(&mut self) -> Result<aya::maps::RingBuf<MapData>, DataplaneError> {
+        take(&mut self.ebpf, maps::RESETS)
+    }
+
     /// The loaded object (its programs: attach, test runs).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

@@ -3,7 +3,10 @@
 
 use std::net::IpAddr;
 
-use failover_common::{ForwardMode, PROTO_TCP, PROTO_UDP, service::SVC_F_NO_BACKEND_PASS};
+use failover_common::{
+    ForwardMode, PROTO_TCP, PROTO_UDP,
+    service::{SVC_F_HIDE_RESET, SVC_F_NO_BACKEND_PASS},
+};
 
 use crate::{
     config::{Config, Mode, NoBackendPolicy, PortMatch, Protocol, ServiceConfig},
@@ -81,10 +84,13 @@ pub fn plan(cfg: &Config) -> Layout {
             svc_keys.push(fragments_key(svc.vip, proto));
         }
         keys += svc_keys.len() as u32;
-        let flags = match svc.no_backend {
+        let mut flags = match svc.no_backend {
             NoBackendPolicy::Pass => SVC_F_NO_BACKEND_PASS,
             _ => 0,
         };
+        if svc.passive_reset {
+            flags |= SVC_F_HIDE_RESET;
+        }
         let backends = svc
             .backends
             .iter()

@@ -13,6 +13,7 @@
 pub mod brain;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;

@@ -8,6 +8,8 @@ use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext
 use failover_common::{Backend, Counter, FlowKey, ForwardMode, ServiceValue};
 use failover_ebpf::parse::{EthHdr, L2, L3, ptr_at};
 
+use crate::select::Pick;
+
 pub use nat::reply as nat_reply;
 
 /// Forwards the packet by the service's mode; returns the XDP action.
@@ -17,17 +19,18 @@ pub fn forward(
     l2: L2,
     l3: &L3,
     svc: &ServiceValue,
-    backend: &Backend,
+    pick: &Pick,
     key: &FlowKey,
-    new_flow: bool,
+    syn: bool,
 ) -> Result<u32, Counter> {
+    let backend = &pick.backend;
     if backend.mac == [0; 6] {
         return Err(Counter::DropBackendUnresolved);
     }
     match ForwardMode::from_u32(svc.mode) {
         Some(ForwardMode::Dsr) => {}
         Some(ForwardMode::Tunnel) => tunnel::encapsulate(ctx, l2, l3, backend, key)?,
-        Some(ForwardMode::Nat) => nat::translate(ctx, l3, backend, key, svc.id, new_flow)?,
+        Some(ForwardMode::Nat) => nat::translate(ctx, l3, svc, pick, key, syn)?,
         None => return Err(Counter::DropInternal),
     }
     dsr::set_macs(ctx, &backend.mac)?;

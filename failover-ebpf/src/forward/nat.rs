@@ -3,13 +3,20 @@
 //! Checksums are updated incrementally (RFC 1624), never recomputed.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use failover_common::{Backend, Counter, FAMILY_IPV4, FlowKey, NatOrigin, PROTO_TCP, PROTO_UDP};
+use failover_common::{
+    Counter, FAMILY_IPV4, FlowKey, NatOrigin, PROTO_TCP, PROTO_UDP, ResetReport, ServiceValue,
+    flow::{NAT_ANSWERED, NAT_F_HIDE_RESET, NAT_SYN_SENT},
+    service::SVC_F_HIDE_RESET,
+};
 use failover_ebpf::{
     csum,
-    parse::{Ipv4Hdr, Ipv6Hdr, L3, ptr_at},
+    parse::{Ipv4Hdr, Ipv6Hdr, L3, TCP_RST, TcpHdr, ptr_at},
 };
 
-use crate::maps::NAT_REPLIES;
+use crate::{
+    maps::{NAT_REPLIES, RESETS},
+    select::Pick,
+};
 
 /// Rewrites a request towards `backend`; on a new flow, remembers how to translate the
 /// replies back.
@@ -17,17 +24,18 @@ use crate::maps::NAT_REPLIES;
 pub fn translate(
     ctx: &XdpContext,
     l3: &L3,
-    backend: &Backend,
+    svc: &ServiceValue,
+    pick: &Pick,
     key: &FlowKey,
-    service: u32,
-    new_flow: bool,
+    syn: bool,
 ) -> Result<(), Counter> {
+    let backend = &pick.backend;
     let port_be = if backend.port_be != 0 {
         backend.port_be
     } else {
         key.dport_be
     };
-    if new_flow {
+    if pick.new_flow {
         let reply = FlowKey {
             src_be: backend.addr_be,
             dst_be: key.src_be,
@@ -40,8 +48,14 @@ pub fn translate(
         let origin = NatOrigin {
             vip_be: key.dst_be,
             vport_be: key.dport_be,
-            _pad: 0,
-            service,
+            state: if syn { NAT_SYN_SENT } else { 0 },
+            flags: if svc.flags & SVC_F_HIDE_RESET != 0 {
+                NAT_F_HIDE_RESET
+            } else {
+                0
+            },
+            service: svc.id,
+            backend: pick.id,
         };
         // A full table evicts the oldest entry; a failed insert only costs that reply.
         let _ = NAT_REPLIES.insert(reply, origin, 0);
@@ -53,11 +67,51 @@ pub fn translate(
 /// the client (the load balancer is the backends' gateway in this mode).
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, l3: &L3, key: &FlowKey) -> Result<u32, Counter> {
-    let origin = unsafe { NAT_REPLIES.get(key) }.ok_or(Counter::PassNotService)?;
+    let entry = NAT_REPLIES
+        .get_ptr_mut(key)
+        .ok_or(Counter::PassNotService)?;
+    let origin = unsafe { *entry };
+    if key.proto == PROTO_TCP && origin.state == NAT_SYN_SENT {
+        let tcp: *const TcpHdr = ptr_at(ctx, l3.l4_off).ok_or(Counter::PassTruncatedL4)?;
+        if unsafe { (*tcp).flags } & TCP_RST == 0 {
+            unsafe { (*entry).state = NAT_ANSWERED };
+        } else if backend_reset(key, &origin) {
+            return Ok(xdp_action::XDP_DROP);
+        }
+    }
     let (vip, vport) = (origin.vip_be, origin.vport_be);
     rewrite(ctx, l3, Side::Source, vip, vport)?;
     crate::stats::count(Counter::NatReply);
     Ok(xdp_action::XDP_PASS)
+}
+
+/// The backend reset a new flow's SYN: a dead or refusing server. Reported to the daemon
+/// at once; with `passive_reset`, the reset is dropped and the flow forgotten, so the
+/// client's SYN retransmission is re-picked (by then, onto a usable backend). Returns
+/// whether the reset is hidden from the client.
+#[inline(always)]
+fn backend_reset(reply: &FlowKey, origin: &NatOrigin) -> bool {
+    let report = ResetReport {
+        service: origin.service,
+        backend: origin.backend,
+    };
+    let _ = RESETS.output(report, 0);
+    crate::stats::count(Counter::BackendReset);
+    if origin.flags & NAT_F_HIDE_RESET == 0 {
+        return false;
+    }
+    let client = FlowKey {
+        src_be: reply.dst_be,
+        dst_be: origin.vip_be,
+        sport_be: reply.dport_be,
+        dport_be: origin.vport_be,
+        proto: reply.proto,
+        family: reply.family,
+        _pad: [0; 2],
+    };
+    crate::select::forget(&client);
+    let _ = NAT_REPLIES.remove(reply);
+    true
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -302,7 +302,10 @@ pub(crate) mod tests {
                 Request::Events { limit: Some(5) },
                 r#"{"command":"events","limit":5}"#,
             ),
-            (Request::Events { limit: None }, r#"{"command":"events","limit":null}"#),
+            (
+                Request::Events { limit: None },
+                r#"{"command":"events","limit":null}"#,
+            ),
             (
                 Request::Drain {
                     service: "web".into(),

@@ -339,12 +339,12 @@ async fn answer(
         Ok(cred) => cred.uid(),
         Err(e) => return error(format!("cannot read the peer's credentials: {e}")),
     };
-    if uid != 0 && uid != euid {
-        tracing::warn!(uid, "control request refused: peer is neither root nor the daemon's user");
-        return error(format!(
-            "permission denied: uid {uid} may not use the control socket \
-             (only root or uid {euid}): run as root"
-        ));
+    if let Err(message) = permitted(uid, euid) {
+        tracing::warn!(
+            uid,
+            "control request refused: peer is neither root nor the daemon's user"
+        );
+        return error(message);
     }
     let request = match read_request(stream, options).await {
         Ok(request) => request,
@@ -357,14 +357,26 @@ async fn answer(
     ask(handler, request, options.reply_timeout).await
 }
 
+/// Whether a peer of uid `uid` may use the socket of a daemon running as `euid`: root and
+/// the daemon's own user may, others get the message to send them.
+fn permitted(uid: u32, euid: u32) -> Result<(), String> {
+    if uid == 0 || uid == euid {
+        Ok(())
+    } else {
+        Err(format!(
+            "permission denied: uid {uid} may not use the control socket \
+             (only root or uid {euid}): run as root"
+        ))
+    }
+}
+
 /// Reads and parses one request line; `Err` says what was wrong with it.
 async fn read_request(stream: &mut UnixStream, options: &ServerOptions) -> Result<Request, String> {
     let limit = options.max_request_bytes;
     let mut line = Vec::new();
     // One byte past the limit tells a line of exactly `limit` bytes from a longer one.
     let mut reader = BufReader::new(stream.take(limit as u64 + 1));
-    match tokio::time::timeout(options.request_timeout, reader.read_until(b'\n', &mut line)).await
-    {
+    match tokio::time::timeout(options.request_timeout, reader.read_until(b'\n', &mut line)).await {
         Err(_) => {
             return Err(format!(
                 "no request within {}: send one JSON line, such as {{\"command\":\"status\"}}",
@@ -417,4 +429,23 @@ async fn ask(
 
 fn error(message: String) -> Response {
     Response::Error { message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permitted;
+
+    #[test]
+    fn only_root_and_the_daemons_user_are_permitted() {
+        assert_eq!(permitted(0, 0), Ok(()));
+        assert_eq!(permitted(0, 998), Ok(()));
+        assert_eq!(permitted(998, 998), Ok(()));
+        let refused = permitted(1000, 998).unwrap_err();
+        assert_eq!(
+            refused,
+            "permission denied: uid 1000 may not use the control socket (only root or uid 998): \
+             run as root"
+        );
+        assert!(permitted(1000, 0).is_err());
+    }
 }

@@ -30,10 +30,18 @@ pub struct Schedule {
 /// Handles to the running probe tasks; dropping it stops them.
 pub struct Probes {
     schedules: Vec<watch::Sender<Schedule>>,
+    now: Vec<std::sync::Arc<tokio::sync::Notify>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Probes {
+    /// Probes a target at once (cutting its wait short), e.g. after a passive signal.
+    pub fn probe_now(&self, target: usize) {
+        if let Some(n) = self.now.get(target) {
+            n.notify_one();
+        }
+    }
+
     /// Changes a target's schedule (takes effect after its current wait).
     pub fn set_schedule(&self, target: usize, schedule: Schedule) {
         if let Some(tx) = self.schedules.get(target) {
@@ -78,10 +86,13 @@ pub fn spawn(
     reports: mpsc::Sender<Report>,
 ) -> Probes {
     let mut schedules = Vec::with_capacity(targets.len());
+    let mut nows = Vec::with_capacity(targets.len());
     let mut tasks = Vec::with_capacity(targets.len());
     for (index, (target, schedule)) in targets.into_iter().enumerate() {
         let (tx, mut rx) = watch::channel(schedule);
         schedules.push(tx);
+        let now = std::sync::Arc::new(tokio::sync::Notify::new());
+        nows.push(now.clone());
         let checker = checker.clone();
         let reports = reports.clone();
         tasks.push(tokio::spawn(async move {
@@ -96,6 +107,7 @@ pub fn spawn(
                 // A schedule change (e.g. to the fast interval) cuts the wait short.
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
+                    () = now.notified() => {}
                     changed = rx.changed() => {
                         if changed.is_err() {
                             return;
@@ -111,7 +123,11 @@ pub fn spawn(
             }
         }));
     }
-    Probes { schedules, tasks }
+    Probes {
+        schedules,
+        now: nows,
+        tasks,
+    }
 }
 
 #[cfg(test)]
