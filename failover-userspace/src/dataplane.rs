@@ -150,6 +150,8 @@ pub struct Dataplane {
     active: StdHashMap<u32, u32>,
     /// Where a table is built before it is copied into `RINGS` (kept to avoid allocating).
     scratch: Vec<u32>,
+    /// What each backend id last had written.
+    written: StdHashMap<u32, Backend>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -200,6 +202,7 @@ impl Dataplane {
             rings,
             active: StdHashMap::new(),
             scratch: Vec::new(),
+            written: StdHashMap::new(),
             ebpf,
         })
     }

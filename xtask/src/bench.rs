@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: builds and runs the bench binary (`fo-bench`, in the tests crate,
-//! so xtask itself needs no BPF toolchain) in release mode, as root.
+//! `cargo xtask bench` and `cargo xtask demo`: build and run the bench and demo binaries
+//! (`fo-bench`, `fo-demo`, in the tests crate, so xtask itself needs no BPF toolchain).
 
 use std::process::Command;
 
@@ -21,4 +21,26 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             ])
             .args(args),
     )
+}
+
+/// `cargo xtask demo`: builds the daemon and the lab's servers, then runs the demo.
+pub fn demo() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_cmd(Command::new(&cargo).args([
+        "build",
+        "--quiet",
+        "-p",
+        "failover-userspace",
+        "-p",
+        "failover-tests",
+        "--bins",
+    ]))?;
+    run_cmd(Command::new(cargo).args([
+        "run",
+        "--quiet",
+        "-p",
+        "failover-tests",
+        "--bin",
+        "fo-demo",
+    ]))
 }

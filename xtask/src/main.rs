@@ -28,6 +28,8 @@ enum Task {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// Show the product working: a namespace lab, the daemon, traffic, a crash, failback.
+    Demo,
     /// Time the XDP program against a baseline (BPF_PROG_TEST_RUN), Maglev generation and
     /// map memory; writes target/bench/summary.json. Needs root.
     Bench {
@@ -42,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test { no_lint, filter } => test::run(no_lint, filter.as_deref()),
         Task::Bench { args } => bench::run(&args),
+        Task::Demo => bench::demo(),
     }
 }

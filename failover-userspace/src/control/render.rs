@@ -558,10 +558,10 @@ drop/pass counters:
         ];
         assert_eq!(
             super::events(&events),
-            "\
- -2m5s  web        selection: web-1,web-2 (tier 0 healthy)
--12.3s  web/web-2  up -> down: connect refused
-"
+            concat!(
+                " -2m5s  web        selection: web-1,web-2 (tier 0 healthy)\n",
+                "-12.3s  web/web-2  up -> down: connect refused\n",
+            )
         );
         assert_eq!(super::events(&[]), "no events\n");
     }

@@ -78,13 +78,14 @@ impl Server {
 }
 
 async fn wait_for_socket(path: &Path) {
+    // Connecting, not the file's existence: a stale file may be there before the bind.
     for _ in 0..500 {
-        if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("the server never created {}", path.display());
+    panic!("the server never listened on {}", path.display());
 }
 
 /// A handler that answers every `Status` with the sample status, and `Drain` with `Done`.
