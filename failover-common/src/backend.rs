@@ -21,8 +21,11 @@ pub struct Backend {
     pub port_be: u16,
     /// Egress interface when it differs from the ingress one (XDP_REDIRECT); 0 = XDP_TX.
     pub ifindex: u32,
+    /// Its service's [`crate::ForwardMode`]: an established flow is forwarded from the
+    /// connection table and this entry alone, without looking the service up.
+    pub mode: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 36);
+const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
 impl Backend {
     /// Whether the packet path may send to this backend on behalf of `service_id`.

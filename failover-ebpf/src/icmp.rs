@@ -56,7 +56,7 @@ pub fn handle(ctx: &XdpContext, l2: L2, l3: &L3) -> Result<u32, Counter> {
         family: inner.family,
         _pad: [0; 2],
     };
-    let pick = select::backend(&svc, &key, true, false)?;
+    let pick = select::backend(&svc, &key, true, false, select::known(&key))?;
     let action = forward::forward(ctx, l2, l3, &svc, &pick, &key, false)?;
     stats::count(Counter::IcmpToBackend);
     Ok(action)

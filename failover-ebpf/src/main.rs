@@ -54,12 +54,29 @@ fn balance(ctx: &XdpContext) -> Result<u32, Counter> {
         family: l3.family,
         _pad: [0; 2],
     };
+    let syn = l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let stateful = !l3.fragment;
+    // Established TCP, the bulk of VIP traffic: the connection table alone decides, and
+    // the service lookup is skipped. Other packets look the service up first, so traffic
+    // to no service pays no connection-table lookup.
+    let early = stateful && l3.proto == PROTO_TCP && !syn;
+    let known = if early { select::known(&key) } else { None };
+    if let Some((svc, pick)) = select::established(known) {
+        let bytes = (ctx.data_end() - ctx.data()) as u64;
+        let action = forward::forward(ctx, l2, &l3, &svc, &pick, &key, false)?;
+        stats::forwarded(svc.id, pick.id, bytes, false);
+        return Ok(action);
+    }
     let Some(svc) = select::service(l3.family, l3.proto, l3.dst_be, l4.dport_be, l3.fragment)
     else {
         return not_a_service(ctx, &l3, &key);
     };
-    let syn = l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let pick = select::backend(&svc, &key, !l3.fragment, syn)?;
+    let known = if stateful && !early {
+        select::known(&key)
+    } else {
+        known
+    };
+    let pick = select::backend(&svc, &key, stateful, syn, known)?;
     if l3.fragment {
         stats::count(Counter::Fragment);
     }

@@ -105,6 +105,23 @@ pub const TCP_ACK: u8 = 0x10;
 /// TCP RST.
 pub const TCP_RST: u8 = 0x04;
 
+/// Copies a MAC address as three 16-bit words. A `[u8; 6]` assignment becomes a call to a
+/// byte-by-byte `memmove` subprogram in BPF; this is three loads and three stores.
+///
+/// # Safety
+/// `dst` and `src` must be valid for 6 bytes and 2-byte aligned (Ethernet header fields
+/// and map values are).
+#[inline(always)]
+pub unsafe fn copy_mac(dst: *mut [u8; 6], src: *const [u8; 6]) {
+    let (d, s) = (dst.cast::<u16>(), src.cast::<u16>());
+    unsafe {
+        let (a, b, c) = (*s, *s.add(1), *s.add(2));
+        *d = a;
+        *d.add(1) = b;
+        *d.add(2) = c;
+    }
+}
+
 /// A bounds-checked pointer to a `T` at `off` bytes into the packet.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {

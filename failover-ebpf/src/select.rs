@@ -78,6 +78,7 @@ pub fn backend(
     key: &FlowKey,
     stateful: bool,
     syn: bool,
+    known: Option<FlowValue>,
 ) -> Result<Pick, Counter> {
     if !stateful {
         let (id, backend) = from_ring(svc, key.hash())?;
@@ -87,11 +88,6 @@ pub fn backend(
             new_flow: false,
         });
     }
-    let known = if key.family == FAMILY_IPV4 {
-        unsafe { FLOWS4.get(key.v4()) }.copied()
-    } else {
-        unsafe { FLOWS6.get(key) }.copied()
-    };
     if let Some(v) = known {
         let id = v.backend;
         if !syn {
@@ -123,6 +119,41 @@ pub fn backend(
         backend,
         new_flow: true,
     })
+}
+
+/// The connection table's entry for a flow.
+#[inline(always)]
+pub fn known(key: &FlowKey) -> Option<FlowValue> {
+    if key.family == FAMILY_IPV4 {
+        unsafe { FLOWS4.get(key.v4()) }.copied()
+    } else {
+        unsafe { FLOWS6.get(key) }.copied()
+    }
+}
+
+/// An established flow whose backend is still usable: everything needed to forward it,
+/// from the connection table and the backend entry alone.
+#[inline(always)]
+pub fn established(known: Option<FlowValue>) -> Option<(ServiceValue, Pick)> {
+    let v = known?;
+    let b = BACKENDS.get(v.backend)?;
+    if !b.usable_for(v.service) {
+        return None;
+    }
+    // Only `id` and `mode` matter for a known flow (the rest is for picking new ones).
+    let svc = ServiceValue {
+        id: v.service,
+        mode: b.mode,
+        ..ServiceValue::default()
+    };
+    Some((
+        svc,
+        Pick {
+            id: v.backend,
+            backend: *b,
+            new_flow: false,
+        },
+    ))
 }
 
 /// Forgets a flow (its next packet is picked afresh).

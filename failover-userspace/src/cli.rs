@@ -127,8 +127,8 @@ pub enum Command {
         target: ControlTarget,
         /// The service, as named in the config.
         service: String,
-        /// The client's address and source port, e.g. 203.0.113.5:40000 or
-        /// [2001:db8::5]:40000.
+        /// The client's address and source port: `203.0.113.5:40000` or
+        /// `[2001:db8::5]:40000`.
         #[arg(value_name = "CLIENT_IP:PORT")]
         client: SocketAddr,
         /// Print the explanation as JSON.

@@ -99,6 +99,7 @@ pub fn apply_service(
             mac: mac(b.address),
             port_be: b.port.unwrap_or(0).to_be(),
             ifindex: 0,
+            mode: sl.entry.mode as u32,
         };
         dp.set_backend(slot.id, &value)?;
     }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use failover_common::PROTO_TCP;
-use failover_ebpf::parse::{ETH_P_IP, EthHdr, Ipv4Hdr, TcpHdr, ptr_at};
+use failover_ebpf::parse::{ETH_P_IP, EthHdr, Ipv4Hdr, TcpHdr, copy_mac, ptr_at};
 
 /// IPv4 destination -> next-hop MAC (padded to 8 bytes).
 #[map]
@@ -35,9 +35,10 @@ fn forward(ctx: &XdpContext) -> Option<u32> {
     }
     let _tcp: *const TcpHdr = ptr_at(ctx, 14 + ((vihl & 0x0f) as usize) * 4)?;
     let mac = unsafe { BASELINE_TARGETS.get(dst) }?;
+    // The same MAC copy as the load balancer's, so the ratio compares like with like.
     unsafe {
-        (*eth).src = (*eth).dst;
-        (*eth).dst = [mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
+        copy_mac(&raw mut (*eth).src, &raw const (*eth).dst);
+        copy_mac(&raw mut (*eth).dst, mac.as_ptr().cast());
     }
     Some(xdp_action::XDP_TX)
 }

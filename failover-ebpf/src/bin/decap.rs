@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use failover_common::{FAMILY_IPV4, PROTO_IPIP, PROTO_IPV6, stats::DecapCounter};
 use failover_ebpf::parse::{
-    self, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, L2, VlanHdr, ptr_at,
+    self, ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, L2, VlanHdr, copy_mac, ptr_at,
 };
 
 /// What happened to each packet.
@@ -82,7 +82,13 @@ fn strip(ctx: &XdpContext, l2: L2, outer_len: usize, ethertype: u16) -> Option<(
     // The inner header must be there, or we would hand the kernel a stub.
     ptr_at::<Ipv4Hdr>(ctx, l2.l3_off + outer_len)?;
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    let (dst, src, tpid) = unsafe { ((*eth).dst, (*eth).src, (*eth).proto_be) };
+    // u16 words: copy_mac needs 2-byte alignment, which a [u8; 6] on the stack lacks.
+    let (mut dst, mut src) = ([0u16; 3], [0u16; 3]);
+    let tpid = unsafe {
+        copy_mac(dst.as_mut_ptr().cast(), &raw const (*eth).dst);
+        copy_mac(src.as_mut_ptr().cast(), &raw const (*eth).src);
+        (*eth).proto_be
+    };
     let tagged = l2.l3_off > core::mem::size_of::<EthHdr>();
     // Always initialised: the verifier must not see a path that reads it unset.
     let mut tci_be = 0u16;
@@ -95,8 +101,8 @@ fn strip(ctx: &XdpContext, l2: L2, outer_len: usize, ethertype: u16) -> Option<(
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     unsafe {
-        (*eth).dst = dst;
-        (*eth).src = src;
+        copy_mac(&raw mut (*eth).dst, dst.as_ptr().cast());
+        copy_mac(&raw mut (*eth).src, src.as_ptr().cast());
     }
     if tagged {
         let v: *mut VlanHdr = ptr_at(ctx, 14)?;

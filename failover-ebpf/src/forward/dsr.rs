@@ -3,6 +3,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use failover_common::Counter;
+use failover_ebpf::parse::copy_mac;
 
 /// Addresses the frame to `mac`, from us: the frame reached us, so its destination MAC is
 /// ours and becomes the source.
@@ -10,8 +11,8 @@ use failover_common::Counter;
 pub fn set_macs(ctx: &XdpContext, mac: &[u8; 6]) -> Result<(), Counter> {
     let eth = super::eth(ctx)?;
     unsafe {
-        (*eth).src = (*eth).dst;
-        (*eth).dst = *mac;
+        copy_mac(&raw mut (*eth).src, &raw const (*eth).dst);
+        copy_mac(&raw mut (*eth).dst, mac);
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use failover_common::{
 };
 use failover_ebpf::{
     csum,
-    parse::{ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, L2, L3, VlanHdr, ptr_at},
+    parse::{ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, L2, L3, VlanHdr, copy_mac, ptr_at},
 };
 
 use crate::maps::GLOBALS;
@@ -94,8 +94,8 @@ fn move_l2(ctx: &XdpContext, l2: L2, overhead: usize) -> Result<(), Counter> {
     let old: *const EthHdr = ptr_at(ctx, overhead).ok_or(Counter::DropAdjustFailed)?;
     let new: *mut EthHdr = ptr_at(ctx, 0).ok_or(Counter::DropAdjustFailed)?;
     unsafe {
-        (*new).dst = (*old).dst;
-        (*new).src = (*old).src;
+        copy_mac(&raw mut (*new).dst, &raw const (*old).dst);
+        copy_mac(&raw mut (*new).src, &raw const (*old).src);
         (*new).proto_be = (*old).proto_be;
     }
     if l2.l3_off > core::mem::size_of::<EthHdr>() {

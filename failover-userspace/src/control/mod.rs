@@ -20,4 +20,4 @@ pub use protocol::{
     BackendStatusView, CounterView, EventView, Explanation, Request, Response, ServiceStatus,
     Status, SwitchTimes, TrafficView,
 };
-pub use server::{ControlError, ServerOptions, serve, serve_with};
+pub use server::{ControlError, ControlListener, Handler, ServerOptions, serve, serve_with};

@@ -120,12 +120,17 @@ pub enum ControlError {
     },
 }
 
+/// The channel requests reach the daemon through: each request comes with the oneshot
+/// sender its [`Response`] goes back on.
+pub type Handler = mpsc::Sender<(Request, oneshot::Sender<Response>)>;
+
 /// Serves the control socket at `path` with [`ServerOptions::default`] until `shutdown`
 /// resolves, then removes the socket file.
 ///
 /// Each request is sent to `handler` with a oneshot sender for its [`Response`]; the
 /// handler should answer every request (a dropped sender is reported to the client as an
-/// error). See [`serve_with`] for the details.
+/// error). See [`ControlListener::bind`] and [`ControlListener::serve`] for the details,
+/// and for binding early (to fail fast when another daemon runs) and serving later.
 ///
 /// # Errors
 ///
@@ -142,14 +147,6 @@ pub async fn serve(
 
 /// [`serve`] with explicit limits.
 ///
-/// Creates the socket's parent directory (mode 0700) if it is missing, removes a socket
-/// file nothing answers on, binds and sets mode 0600. Then for every connection, served
-/// concurrently: checks the peer's uid (root or the daemon's effective uid; others get a
-/// `permission denied` error), reads one request line, asks `handler`, writes one
-/// response line and closes. Malformed, oversized or late requests are answered with
-/// [`Response::Error`] saying what was wrong. When `shutdown` resolves, connections still
-/// in progress are dropped and the socket file is removed.
-///
 /// # Errors
 ///
 /// As [`serve`].
@@ -159,52 +156,106 @@ pub async fn serve_with(
     shutdown: impl Future,
     options: ServerOptions,
 ) -> Result<(), ControlError> {
-    let listener = listen(path).await?;
-    // Remember which file is ours, so shutdown never removes another process's socket.
-    let identity = socket_identity(path).await;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    tracing::info!(socket = %path.display(), "control socket listening");
-
-    let options = Arc::new(options);
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let mut connections = JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(done) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(e) = done
-                    && e.is_panic()
-                {
-                    tracing::error!(error = %e, "control connection task panicked");
-                }
-            }
-            accepted = accept(&listener, &slots) => match accepted {
-                Ok((stream, permit)) => {
-                    let (handler, options) = (handler.clone(), Arc::clone(&options));
-                    connections.spawn(async move {
-                        connection(stream, &handler, &options, euid).await;
-                        drop(permit);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-        }
-    }
-    drop(connections);
-    drop(listener);
-    if identity.is_some() && socket_identity(path).await == identity {
-        if let Err(e) = tokio::fs::remove_file(path).await {
-            tracing::warn!(socket = %path.display(), error = %e, "cannot remove the control socket");
-        }
-    }
-    tracing::info!(socket = %path.display(), "control socket closed");
+    ControlListener::bind(path, options)
+        .await?
+        .serve(handler, shutdown)
+        .await;
     Ok(())
+}
+
+/// A bound control socket, not yet serving. Dropping it (or the end of
+/// [`ControlListener::serve`]) removes the socket file.
+#[derive(Debug)]
+pub struct ControlListener {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of our socket file, so we never remove another process's.
+    identity: Option<(u64, u64)>,
+    options: ServerOptions,
+}
+
+impl ControlListener {
+    /// Creates the socket's parent directory (mode 0700) if it is missing, removes a
+    /// socket file nothing answers on (left by a daemon that died), binds, and sets the
+    /// socket's mode to 0600. Connections wait in the backlog until
+    /// [`ControlListener::serve`].
+    ///
+    /// # Errors
+    ///
+    /// A [`ControlError`], notably [`ControlError::AlreadyRunning`] when another daemon
+    /// answers on `path`.
+    pub async fn bind(path: &Path, options: ServerOptions) -> Result<Self, ControlError> {
+        let listener = listen(path).await?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            identity: socket_identity(path).await,
+            options,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves until `shutdown` resolves, then removes the socket file.
+    ///
+    /// Connections are served concurrently (at most
+    /// [`ServerOptions::max_connections`]): each peer's uid is checked (root or the
+    /// daemon's effective uid; others get a `permission denied` error), one request line
+    /// is read, `handler` is asked, one response line is written and the connection is
+    /// closed. Malformed, oversized or late requests are answered with
+    /// [`Response::Error`] saying what was wrong. When `shutdown` resolves, connections
+    /// still in progress are dropped.
+    pub async fn serve(self, handler: Handler, shutdown: impl Future) {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        tracing::info!(socket = %self.path.display(), "control socket listening");
+        let options = Arc::new(self.options.clone());
+        let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+        let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(e) = done
+                        && e.is_panic()
+                    {
+                        tracing::error!(error = %e, "control connection task panicked");
+                    }
+                }
+                accepted = accept(&self.listener, &slots) => match accepted {
+                    Ok((stream, permit)) => {
+                        let (handler, options) = (handler.clone(), Arc::clone(&options));
+                        connections.spawn(async move {
+                            connection(stream, &handler, &options, euid).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(connections);
+        tracing::info!(socket = %self.path.display(), "control socket closed");
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        // A plain unlink: quick, and there is no runtime to rely on inside `drop`.
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| self.identity == Some((m.dev(), m.ino())));
+        if ours && let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(socket = %self.path.display(), error = %e, "cannot remove the control socket");
+        }
+    }
 }
 
 /// Prepares the path and binds the socket with mode 0600.
@@ -227,7 +278,7 @@ async fn listen(path: &Path) -> Result<UnixListener, ControlError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // Until this chmod the socket has the umask's mode; the peer check below still
+    // Until this chmod the socket has the umask's mode; the peer-credential check still
     // guards every connection accepted in that window.
     let mode = std::fs::Permissions::from_mode(0o600);
     if let Err(source) = tokio::fs::set_permissions(path, mode).await {
@@ -306,12 +357,7 @@ async fn accept(
 }
 
 /// Serves one connection: one request, one response.
-async fn connection(
-    mut stream: UnixStream,
-    handler: &mpsc::Sender<(Request, oneshot::Sender<Response>)>,
-    options: &ServerOptions,
-    euid: u32,
-) {
+async fn connection(mut stream: UnixStream, handler: &Handler, options: &ServerOptions, euid: u32) {
     let response = answer(&mut stream, handler, options, euid).await;
     let mut line = serde_json::to_string(&response).unwrap_or_else(|e| {
         format!(r#"{{"result":"error","message":"cannot encode the response: {e}"}}"#)
@@ -331,7 +377,7 @@ async fn connection(
 /// Checks the peer, reads its request and gets the daemon's answer.
 async fn answer(
     stream: &mut UnixStream,
-    handler: &mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+    handler: &Handler,
     options: &ServerOptions,
     euid: u32,
 ) -> Response {
@@ -361,13 +407,16 @@ async fn answer(
 /// the daemon's own user may, others get the message to send them.
 fn permitted(uid: u32, euid: u32) -> Result<(), String> {
     if uid == 0 || uid == euid {
-        Ok(())
-    } else {
-        Err(format!(
-            "permission denied: uid {uid} may not use the control socket \
-             (only root or uid {euid}): run as root"
-        ))
+        return Ok(());
     }
+    let who = if euid == 0 {
+        "only root".to_owned()
+    } else {
+        format!("only root or uid {euid}")
+    };
+    Err(format!(
+        "permission denied: uid {uid} may not use the control socket ({who}): run as root"
+    ))
 }
 
 /// Reads and parses one request line; `Err` says what was wrong with it.
@@ -403,11 +452,7 @@ async fn read_request(stream: &mut UnixStream, options: &ServerOptions) -> Resul
 }
 
 /// Hands `request` to the daemon and waits for its answer, at most `within`.
-async fn ask(
-    handler: &mpsc::Sender<(Request, oneshot::Sender<Response>)>,
-    request: Request,
-    within: Duration,
-) -> Response {
+async fn ask(handler: &Handler, request: Request, within: Duration) -> Response {
     let exchange = async {
         let (reply, answer) = oneshot::channel();
         if handler.send((request, reply)).await.is_err() {
@@ -446,6 +491,9 @@ mod tests {
             "permission denied: uid 1000 may not use the control socket (only root or uid 998): \
              run as root"
         );
-        assert!(permitted(1000, 0).is_err());
+        assert_eq!(
+            permitted(1000, 0).unwrap_err(),
+            "permission denied: uid 1000 may not use the control socket (only root): run as root"
+        );
     }
 }

@@ -335,3 +335,146 @@ async fn client_timeout_is_bounded() {
     server.stop().await.unwrap();
     hoard.abort();
 }
+
+/// A handler whose every `Status` is 0.5 s of daemon time after the previous one, with
+/// 100 more packets on web-1; `Events` has one event; actions on `web` succeed, others fail.
+fn fake_daemon(mut calls: Calls) {
+    tokio::spawn(async move {
+        let mut samples = 0_u64;
+        while let Some((req, reply)) = calls.recv().await {
+            let response = match req {
+                Request::Status => {
+                    let mut status = sample_status();
+                    status.uptime_secs += 0.5 * samples as f64;
+                    status.services[0].backends[0].traffic.packets += 100 * samples;
+                    samples += 1;
+                    Response::Status(status)
+                }
+                Request::Events { limit } => Response::Events {
+                    events: vec![super::EventView {
+                        age_secs: 1.5,
+                        service: "web".into(),
+                        backend: Some("web-1".into()),
+                        what: format!("unknown -> up: 3 checks passed (limit {limit:?})"),
+                    }],
+                },
+                Request::Drain { service, backend } if service == "web" => Response::Done {
+                    message: format!("{service}/{backend}: draining"),
+                },
+                _ => Response::Error {
+                    message: "no service named \"api\"".into(),
+                },
+            };
+            let _ = reply.send(response);
+        }
+    });
+}
+
+#[tokio::test]
+async fn commands_print_the_daemons_answers() {
+    use super::commands::{self, CommandError, StatusOptions};
+
+    let dir = TempDir::new();
+    let (server, calls) = Server::start(&dir, ServerOptions::default()).await;
+    fake_daemon(calls);
+    let text = |out: Vec<u8>| String::from_utf8(out).unwrap();
+
+    let mut options = StatusOptions {
+        json: false,
+        watch: false,
+        interval: Some(Duration::from_millis(10)),
+        rates: true,
+        terminal: false,
+    };
+    let mut out = Vec::new();
+    commands::status(&server.path, &options, &mut out)
+        .await
+        .unwrap();
+    let table = text(out);
+    let row = table.lines().find(|l| l.contains("web-1")).unwrap();
+    // 100 packets over 0.5 s of daemon uptime.
+    let rates: Vec<&str> = row.split_whitespace().rev().take(3).collect();
+    assert_eq!(rates, ["0", "0", "200"], "{table}");
+
+    options.json = true;
+    let mut out = Vec::new();
+    commands::status(&server.path, &options, &mut out)
+        .await
+        .unwrap();
+    let status: super::Status = serde_json::from_str(&text(out)).unwrap();
+    assert_eq!(status.services[0].name, "web");
+
+    let mut out = Vec::new();
+    commands::events(&server.path, Some(3), false, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(
+        text(out),
+        "-1.5s  web/web-1  unknown -> up: 3 checks passed (limit Some(3))\n"
+    );
+
+    let drain = Request::Drain {
+        service: "web".into(),
+        backend: "web-2".into(),
+    };
+    let mut out = Vec::new();
+    commands::act(&server.path, &drain, &mut out).await.unwrap();
+    assert_eq!(text(out), "web/web-2: draining\n");
+
+    let mut out = Vec::new();
+    let err = commands::act(&server.path, &Request::Reload, &mut out)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CommandError::Daemon { .. }), "{err:?}");
+    assert_eq!(err.to_string(), "no service named \"api\"");
+    assert!(out.is_empty());
+
+    server.stop().await.unwrap();
+    let err = commands::act(&server_path(&dir), &drain, &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("no failover daemon is running"));
+}
+
+fn server_path(dir: &TempDir) -> PathBuf {
+    dir.0.join("sub").join("control.sock")
+}
+
+#[tokio::test]
+async fn bind_early_serve_later() {
+    use super::ControlListener;
+
+    let dir = TempDir::new();
+    let path = server_path(&dir);
+    let bound = ControlListener::bind(&path, ServerOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(bound.path(), path);
+    // Bound but not serving yet: a second daemon already sees this one.
+    let err = ControlListener::bind(&path, ServerOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ControlError::AlreadyRunning { .. }),
+        "{err:?}"
+    );
+    // A daemon that fails to start after binding leaves no socket behind.
+    drop(bound);
+    assert!(!path.exists());
+
+    let bound = ControlListener::bind(&path, ServerOptions::default())
+        .await
+        .unwrap();
+    let (tx, calls) = mpsc::channel(1);
+    answer_status(calls);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(bound.serve(tx, stopped));
+    assert!(matches!(
+        request(&path, &Request::Status, TIMEOUT).await.unwrap(),
+        Response::Status(_)
+    ));
+    // Dropping the sender is a shutdown too.
+    drop(stop);
+    served.await.unwrap();
+    assert!(!path.exists());
+}

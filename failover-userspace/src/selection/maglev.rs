@@ -190,9 +190,9 @@ fn permutation(key: &str, size: u32) -> (u32, u32) {
 /// How many slots of its permutation a backend checks per step of [`Walker::probe`].
 ///
 /// Checking several at once turns "is the next slot free?", a coin toss once the table is
-/// half full, into "is any of the next four free?", which the branch predictor gets right far
-/// more often, and lets the four loads overlap.
-const LANES: usize = 4;
+/// half full, into "is any of the next eight free?", which the branch predictor gets right
+/// far more often, and lets the loads overlap.
+const LANES: usize = 12;
 
 /// When this few slots are left, stop walking permutations and search the free slots instead.
 ///
@@ -221,23 +221,35 @@ fn inverse_mod(a: u32, p: u32) -> u32 {
     t0.rem_euclid(i64::from(p)) as u32
 }
 
-/// Which slots are taken, one byte each so a check is a single load. `out` is never read:
-/// it may be a memory-mapped BPF array.
-struct Taken(Vec<bool>);
+/// Which slots are taken, one byte each (1 when taken) so a check is a single load. `out` is
+/// never read: it may be a memory-mapped BPF array.
+///
+/// The flags are kept twice: byte `slot` and byte `slot + size` both say whether `slot` is
+/// taken, so a probe may ask about `base + stride` (below `2 · size`) without reducing it.
+struct Taken {
+    flags: Vec<u8>,
+    size: u32,
+}
 
 impl Taken {
     fn new(size: u32) -> Self {
-        Self(vec![false; size as usize])
+        Self {
+            flags: vec![0; 2 * size as usize],
+            size,
+        }
     }
 
+    /// 1 if slot `at mod size` is taken, else 0, for `at < 2 · size`.
     #[inline(always)]
-    fn get(&self, slot: u32) -> bool {
-        self.0[slot as usize]
+    fn get(&self, at: u32) -> u8 {
+        self.flags[at as usize]
     }
 
+    /// Marks `slot` (below `size`) taken.
     #[inline(always)]
     fn set(&mut self, slot: u32) {
-        self.0[slot as usize] = true;
+        self.flags[slot as usize] = 1;
+        self.flags[(slot + self.size) as usize] = 1;
     }
 
     /// The slots not yet taken, in increasing order. Skips full 64-slot blocks with one
@@ -245,11 +257,12 @@ impl Taken {
     /// last hundred slots it saves.
     fn free_slots(&self) -> Vec<u32> {
         let mut free = Vec::new();
-        for (block, flags) in (0u32..).step_by(64).zip(self.0.chunks(64)) {
-            if flags.iter().fold(true, |all, &taken| all & taken) {
+        let flags = &self.flags[..self.size as usize];
+        for (block, flags) in (0u32..).step_by(64).zip(flags.chunks(64)) {
+            if flags.iter().fold(1, |all, &taken| all & taken) == 1 {
                 continue;
             }
-            let slots = (block..).zip(flags).filter(|&(_, &taken)| !taken);
+            let slots = (block..).zip(flags).filter(|&(_, &taken)| taken == 0);
             free.extend(slots.map(|(slot, _)| slot));
         }
         free
@@ -258,12 +271,6 @@ impl Taken {
 
 /// One backend's progress through its permutation.
 struct Walker {
-    /// The value written into its slots.
-    id: u32,
-    /// Its weight, widened so the credit arithmetic cannot overflow.
-    weight: u64,
-    /// Weight earned but not yet spent on a turn; a turn costs `Plan::max_weight`.
-    credit: u64,
     /// The next slot of its permutation to try.
     next: u32,
     /// `strides[k] = k · skip mod size`, for `k` in `0..=LANES`: the offsets of the slots one
@@ -271,6 +278,8 @@ struct Walker {
     strides: [u32; LANES + 1],
     /// `skip^-1 mod size`, which turns a slot back into its distance along the permutation.
     inverse_skip: u32,
+    /// The value written into its slots.
+    id: u32,
 }
 
 impl Walker {
@@ -281,12 +290,10 @@ impl Walker {
             strides[k] = add_mod(strides[k - 1], skip, size);
         }
         Self {
-            id: backend.id,
-            weight: u64::from(backend.weight),
-            credit: 0,
             next: offset,
             strides,
             inverse_skip: inverse_mod(skip, size),
+            id: backend.id,
         }
     }
 
@@ -295,16 +302,21 @@ impl Walker {
     #[inline(always)]
     fn probe(&self, taken: &Taken, size: u32) -> u32 {
         let mut base = self.next;
-        loop {
-            let mut free = 0u32;
-            for (lane, &stride) in self.strides[..LANES].iter().enumerate() {
-                free |= u32::from(!taken.get(add_mod(base, stride, size))) << lane;
-            }
-            if free != 0 {
-                return add_mod(base, self.strides[free.trailing_zeros() as usize], size);
-            }
+        // `base + stride < 2 · size`: `Taken` answers for it without a reduction.
+        let lanes = &self.strides[..LANES];
+        while lanes
+            .iter()
+            .map(|&stride| u32::from(taken.get(base + stride)))
+            .sum::<u32>()
+            == LANES as u32
+        {
             base = add_mod(base, self.strides[LANES], size);
         }
+        let mut free = 0u32;
+        for (lane, &stride) in lanes.iter().enumerate() {
+            free |= u32::from(taken.get(base + stride) ^ 1) << lane;
+        }
+        add_mod(base, self.strides[free.trailing_zeros() as usize], size)
     }
 
     /// The index in `free` (not empty) of the slot `probe` would find: the one fewest steps
@@ -335,6 +347,8 @@ impl Walker {
 /// A validated request: the backends that get slots, in key order, ready to fill a table.
 struct Plan {
     walkers: Vec<Walker>,
+    /// Each walker's weight, widened so the credit arithmetic cannot overflow.
+    weights: Vec<u64>,
     max_weight: u64,
 }
 
@@ -376,14 +390,13 @@ impl Plan {
                 backends: active,
             });
         }
-        let walkers: Vec<Walker> = sorted
-            .iter()
-            .filter(|b| b.weight > 0)
-            .map(|b| Walker::new(b, size))
-            .collect();
-        let max_weight = walkers.iter().map(|w| w.weight).max().unwrap_or(1);
+        let active = sorted.iter().filter(|b| b.weight > 0);
+        let walkers: Vec<Walker> = active.clone().map(|b| Walker::new(b, size)).collect();
+        let weights: Vec<u64> = active.map(|b| u64::from(b.weight)).collect();
+        let max_weight = weights.iter().copied().max().unwrap_or(1);
         Ok(Some(Self {
             walkers,
+            weights,
             max_weight,
         }))
     }
@@ -399,16 +412,21 @@ impl Plan {
         let mut taken = Taken::new(size);
         let mut free = Vec::new();
         let mut filled = 0u32;
+        // The walkers that take a turn this round, in key order. With equal weights that is
+        // every walker every round, and the list never changes.
+        let mut turns: Vec<u32> = (0..self.walkers.len() as u32).collect();
+        let equal = self.weights.iter().all(|&w| w == self.max_weight);
+        let mut credits = vec![0u64; self.walkers.len()];
         // One pass of the outer loop is one round. It ends because a turn always claims a
         // slot and the backend with `max_weight` takes a turn every round.
         loop {
-            for w in &mut self.walkers {
-                w.credit += w.weight;
-                if w.credit < self.max_weight {
-                    continue;
-                }
-                w.credit -= self.max_weight;
-
+            let count = if equal {
+                turns.len()
+            } else {
+                self.schedule(&mut credits, &mut turns)
+            };
+            for &index in &turns[..count] {
+                let w = &mut self.walkers[index as usize];
                 let slot = if filled < search_from {
                     let slot = w.probe(&taken, size);
                     taken.set(slot);
@@ -428,6 +446,24 @@ impl Plan {
                 }
             }
         }
+    }
+
+    /// Lists in `turns` the walkers that take a turn this round, in key order, and returns
+    /// how many. A walker earns its weight in credit each round and takes a turn whenever it
+    /// has `max_weight`, which it then spends: the same rule as the paper's
+    /// `⌊(r+1)·w/max⌋ > ⌊r·w/max⌋`. No branch depends on the weights, so a mix of weights
+    /// costs no mispredictions here.
+    #[inline(always)]
+    fn schedule(&self, credits: &mut [u64], turns: &mut [u32]) -> usize {
+        let mut count = 0;
+        for ((index, credit), &weight) in (0u32..).zip(credits.iter_mut()).zip(&self.weights) {
+            let earned = *credit + weight;
+            let turn = earned >= self.max_weight;
+            *credit = earned - if turn { self.max_weight } else { 0 };
+            turns[count] = index;
+            count += usize::from(turn);
+        }
+        count
     }
 }
 
