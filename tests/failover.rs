@@ -73,8 +73,9 @@ impl Rig {
         backend_extra: &dyn Fn(usize) -> String,
     ) -> String {
         let mut s = format!(
-            "interface = \"{}\"\nflow_capacity = 65536\n[[service]]\nname = \"web\"\nvip = \"198.18.0.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{}\"\n{service_extra}\n  [service.check]\n{check}\n",
+            "interface = \"{}\"\ncontrol_socket = \"/run/failover/{}sock\"\nflow_capacity = 65536\n[[service]]\nname = \"web\"\nvip = \"198.18.0.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{}\"\n{service_extra}\n  [service.check]\n{check}\n",
             self.lab.lb_if(),
+            self.lab.prefix(),
             self.mode
         );
         let port = if self.mode == "nat" {
@@ -446,5 +447,103 @@ fn manual_failback_stays_on_the_backup() {
     assert!(
         only(&probe(20), "be-2"),
         "manual failback: the service stays on the standby"
+    );
+}
+
+/// Runs the `failover` CLI against the lab's daemon; returns (exit ok, stdout, stderr).
+fn cli(rig: &Rig, args: &[&str]) -> (bool, String, String) {
+    let socket = format!("/run/failover/{}sock", rig.lab.prefix());
+    let out = std::process::Command::new(failover_tests::daemon::failover_binary().unwrap())
+        .args(args)
+        .args(["--socket", &socket])
+        .output()
+        .expect("run the failover CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Manual failover from the CLI: drain keeps established flows and takes no new ones,
+/// disable cuts them, enable brings the backend back; status shows it all.
+#[test]
+fn operator_drains_disables_and_enables_from_the_cli() {
+    let rig = Rig::new(3);
+    let check = "  type = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n";
+    let _daemon = Daemon::start(
+        rig.lab.lb().ns(),
+        &rig.config("drain_timeout = \"30s\"\n", check, &|_| String::new()),
+    )
+    .expect("daemon");
+    let client = rig.lab.client().ns();
+    let held = Persistent::start(
+        client,
+        vip(),
+        30,
+        Duration::from_millis(100),
+        Duration::from_secs(3),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let (ok, out, err) = cli(&rig, &["drain", "web", "be-2"]);
+    assert!(ok, "drain failed: {out}{err}");
+    assert!(out.contains("draining"), "{out}");
+    let probe =
+        |n| failover_tests::lab::client::tcp_requests(client, vip(), n, Duration::from_secs(2), 8);
+    let replies = probe(60);
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
+        "a draining backend takes no new flows: {replies:?}"
+    );
+    let held = held.join();
+    for h in &held {
+        assert!(
+            h.error.is_none(),
+            "draining must not disturb established flows: {h:?}"
+        );
+    }
+    assert!(
+        held.iter().any(|h| h.backend.as_deref() == Some("be-2")),
+        "some long-lived connections were on be-2"
+    );
+
+    let (ok, out, _) = cli(&rig, &["status", "--json"]);
+    assert!(ok);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    let be2 = &status["services"][0]["backends"][1];
+    assert_eq!(be2["name"], "be-2");
+    assert_eq!(be2["state"], "draining", "{be2}");
+    assert_eq!(be2["new_flows"], false);
+
+    let (ok, out, err) = cli(&rig, &["disable", "web", "be-2"]);
+    assert!(ok && out.contains("disabled"), "{out}{err}");
+    let (ok, out, err) = cli(&rig, &["enable", "web", "be-2"]);
+    assert!(ok, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    let replies = probe(90);
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.as_ref().is_ok_and(|s| s.starts_with("be-2 "))),
+        "enabled again, be-2 takes new flows: {replies:?}"
+    );
+
+    let (ok, out, _) = cli(&rig, &["events"]);
+    assert!(
+        ok && out.contains("be-2") && out.contains("draining"),
+        "events list the operator's actions: {out}"
+    );
+    let (ok, _, err) = cli(&rig, &["drain", "web", "nope"]);
+    assert!(
+        !ok && err.contains("no backend \"nope\""),
+        "a precise error: {err}"
+    );
+    let (ok, out, err) = cli(&rig, &["explain", "web", "198.18.0.2:40000"]);
+    assert!(
+        ok && out.contains("be-"),
+        "explain names a backend: {out}{err}"
     );
 }

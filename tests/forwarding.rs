@@ -25,8 +25,9 @@ fn config(lab: &Lab, mode: &str) -> String {
         }
     };
     let mut s = format!(
-        "interface = \"{}\"\nflow_capacity = 65536\n[tunnel]\nsource_v4 = \"198.18.250.0/24\"\nsource_v6 = \"2001:db8:ffff::/112\"\n",
-        lab.lb_if()
+        "interface = \"{}\"\ncontrol_socket = \"/run/failover/{}sock\"\nflow_capacity = 65536\n[tunnel]\nsource_v4 = \"198.18.250.0/24\"\nsource_v6 = \"2001:db8:ffff::/112\"\n",
+        lab.lb_if(),
+        lab.prefix()
     );
     for (name, vip, port_no, proto, check) in [
         ("web", "198.18.0.10", 80, "tcp", String::new()),

@@ -4,13 +4,19 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
+use failover_common::FlowKey;
+
 use crate::{
     config::{CheckConfig, Config},
-    dataplane::Dataplane,
+    control::protocol::{
+        BackendStatusView, CounterView, EventView, Explanation, Request, Response, ServiceStatus,
+        Status, SwitchTimes, TrafficView,
+    },
+    dataplane::{Dataplane, addr_words},
     health::{
         Outcome, Target,
         scheduler::{Report, Schedule},
@@ -22,6 +28,14 @@ use crate::{
         tiers::{BackendInput, Selection, TierPolicy, TierSelector},
     },
 };
+
+/// An operator's action on one backend.
+#[derive(Clone, Copy)]
+enum Manual {
+    Drain,
+    Disable,
+    Enable,
+}
 
 /// How many state changes `events` keeps.
 const EVENT_HISTORY: usize = 1024;
@@ -315,6 +329,321 @@ impl Brain {
             self.publish_all(now)?;
         }
         Ok(())
+    }
+
+    /// Answers a control request (the control socket's handler).
+    pub fn handle(&mut self, req: Request, started: Instant, now: Instant) -> Response {
+        let result = match req {
+            Request::Status => return Response::Status(self.status(started, now)),
+            Request::Events { limit } => {
+                let limit = limit.unwrap_or(50);
+                let skip = self.events.len().saturating_sub(limit);
+                let events = self
+                    .events
+                    .iter()
+                    .skip(skip)
+                    .map(|e| EventView {
+                        age_secs: now.saturating_duration_since(e.at).as_secs_f64(),
+                        service: e.service.clone(),
+                        backend: e.backend.clone(),
+                        what: e.what.clone(),
+                    })
+                    .collect();
+                return Response::Events { events };
+            }
+            Request::Drain { service, backend } => {
+                self.manual(&service, &backend, now, Manual::Drain)
+            }
+            Request::Disable { service, backend } => {
+                self.manual(&service, &backend, now, Manual::Disable)
+            }
+            Request::Enable { service, backend } => {
+                self.manual(&service, &backend, now, Manual::Enable)
+            }
+            Request::Failback { service } => self.failback(&service, now),
+            Request::Reload => Err(
+                "live reload is not implemented yet: restart the daemon to apply a new config \
+                 (with detach_on_exit unset, forwarding continues while it restarts)"
+                    .to_string(),
+            ),
+            Request::Explain { service, client } => return self.explain(&service, client),
+        };
+        match result {
+            Ok(message) => Response::Done { message },
+            Err(message) => Response::Error { message },
+        }
+    }
+
+    fn find(&self, service: &str, backend: Option<&str>) -> Result<(usize, Option<usize>), String> {
+        let s = self
+            .cfg
+            .services
+            .iter()
+            .position(|x| x.name == service)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.cfg.services.iter().map(|x| x.name.as_str()).collect();
+                format!("no service {service:?} (services: {})", names.join(", "))
+            })?;
+        let Some(backend) = backend else {
+            return Ok((s, None));
+        };
+        let svc = &self.cfg.services[s];
+        let b = svc
+            .backends
+            .iter()
+            .position(|x| x.name == backend)
+            .ok_or_else(|| {
+                let names: Vec<&str> = svc.backends.iter().map(|x| x.name.as_str()).collect();
+                format!(
+                    "service {service} has no backend {backend:?} (backends: {})",
+                    names.join(", ")
+                )
+            })?;
+        Ok((s, Some(b)))
+    }
+
+    fn manual(
+        &mut self,
+        service: &str,
+        backend: &str,
+        now: Instant,
+        op: Manual,
+    ) -> Result<String, String> {
+        let (s, b) = self.find(service, Some(backend))?;
+        let b = b.unwrap_or_default();
+        let drain_timeout = self.cfg.services[s].drain_timeout;
+        let st = &mut self.states[s][b];
+        let t = match op {
+            Manual::Drain => st.drain(now, drain_timeout),
+            Manual::Disable => st.disable(now),
+            Manual::Enable => st.enable(now),
+        };
+        let state = st.state();
+        if let Some(t) = t {
+            self.record(s, Some(b), &t);
+            self.recompute(s, now, None)
+                .map_err(|e| format!("{service}/{backend}: writing the tables failed: {e}"))?;
+        }
+        Ok(format!("{service}/{backend}: {state}"))
+    }
+
+    fn failback(&mut self, service: &str, now: Instant) -> Result<String, String> {
+        let (s, _) = self.find(service, None)?;
+        let svc = &self.cfg.services[s];
+        let inputs: Vec<BackendInput<'_>> = svc
+            .backends
+            .iter()
+            .zip(&self.states[s])
+            .map(|(b, st)| BackendInput::new(b, st.status()))
+            .collect();
+        let sel = self.selectors[s]
+            .failback(now, &inputs)
+            .map_err(|e| format!("{service}: {e}"))?;
+        let tier = sel.active_tier;
+        self.push_event(Event {
+            at: now,
+            service: service.to_string(),
+            backend: None,
+            what: format!("failback by operator to tier {tier:?}"),
+        });
+        self.published[s] = None;
+        self.recompute(s, now, None)
+            .map_err(|e| format!("{service}: writing the tables failed: {e}"))?;
+        Ok(format!(
+            "{service}: failed back to tier {}",
+            tier.map_or("-".into(), |t| t.to_string())
+        ))
+    }
+
+    fn traffic(
+        &self,
+        t: Result<failover_common::Traffic, crate::dataplane::DataplaneError>,
+    ) -> TrafficView {
+        let t = t.unwrap_or_default();
+        TrafficView {
+            packets: t.packets,
+            bytes: t.bytes,
+            new_flows: t.new_flows,
+        }
+    }
+
+    /// Everything `failover status` shows.
+    pub fn status(&self, started: Instant, now: Instant) -> Status {
+        let services = self
+            .cfg
+            .services
+            .iter()
+            .enumerate()
+            .map(|(s, svc)| {
+                let sl = &self.layout.services[s];
+                let sel = self.published[s].as_ref();
+                let backends = svc
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(b, bc)| {
+                        let st = &self.states[s][b];
+                        let member =
+                            sel.and_then(|sel| sel.members.iter().find(|m| m.name == bc.name));
+                        let mut state = st.state().to_string();
+                        if let Some(until) = st.held_until() {
+                            state = format!(
+                                "down (held {}s)",
+                                until.saturating_duration_since(now).as_secs()
+                            );
+                        }
+                        BackendStatusView {
+                            name: bc.name.clone(),
+                            address: bc.address.to_string(),
+                            state,
+                            since_secs: now
+                                .saturating_duration_since(st.last_change())
+                                .as_secs_f64(),
+                            reason: st.reason().to_string(),
+                            last_check_latency_ms: st
+                                .last_latency()
+                                .map(|d| d.as_secs_f64() * 1000.0),
+                            tier: bc.tier,
+                            weight: bc.weight,
+                            table_weight: member
+                                .filter(|m| m.new_flows)
+                                .map(|m| m.weight_for_table),
+                            new_flows: member.is_some_and(|m| m.new_flows),
+                            traffic: self.traffic(self.dp.backend_traffic(sl.backends[b].id)),
+                        }
+                    })
+                    .collect();
+                ServiceStatus {
+                    name: svc.name.clone(),
+                    vip: svc.vip.to_string(),
+                    port: svc.port.to_string(),
+                    protocol: svc.protocol.to_string(),
+                    mode: svc.mode.to_string(),
+                    active_tier: sel.and_then(|s| s.active_tier),
+                    panic: sel.is_some_and(|s| s.panic),
+                    reason: sel.map_or_else(|| "not published yet".into(), |s| s.reason.clone()),
+                    traffic: self.traffic(self.dp.service_traffic(sl.entry.id)),
+                    backends,
+                }
+            })
+            .collect();
+        let counters = self
+            .dp
+            .counters()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(c, v)| CounterView {
+                name: c.name().to_string(),
+                value: v,
+            })
+            .collect();
+        let mut times: Vec<u64> = self
+            .switch_times
+            .iter()
+            .map(|d| d.as_micros() as u64)
+            .collect();
+        let last = times.first().copied();
+        times.sort_unstable();
+        let switch_time_us = last.map(|last| SwitchTimes {
+            last,
+            median: times[times.len() / 2],
+            max: times[times.len() - 1],
+            samples: times.len(),
+        });
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            interface: self.cfg.interface.clone(),
+            uptime_secs: now.saturating_duration_since(started).as_secs_f64(),
+            services,
+            counters,
+            switch_time_us,
+        }
+    }
+
+    /// Which backend a client's flow goes to, and why.
+    fn explain(&mut self, service: &str, client: SocketAddr) -> Response {
+        let (s, _) = match self.find(service, None) {
+            Ok(x) => x,
+            Err(message) => return Response::Error { message },
+        };
+        let svc = &self.cfg.services[s];
+        if client.is_ipv4() != svc.vip.is_ipv4() {
+            return Response::Error {
+                message: format!(
+                    "{service} has an {} VIP; the client must be of the same family",
+                    if svc.vip.is_ipv4() { "IPv4" } else { "IPv6" }
+                ),
+            };
+        }
+        let sl = &self.layout.services[s];
+        let (src_be, family) = addr_words(client.ip());
+        let (dst_be, _) = addr_words(svc.vip);
+        let port = svc.port.port().unwrap_or(0);
+        let key = FlowKey {
+            src_be,
+            dst_be,
+            sport_be: client.port().to_be(),
+            dport_be: port.to_be(),
+            proto: crate::layout::proto_number(svc.protocol),
+            family,
+            _pad: [0; 2],
+        };
+        let name_of = |id: u32| {
+            sl.backends
+                .iter()
+                .find(|b| b.id == id)
+                .map(|b| b.name.clone())
+        };
+        let sel = self.published[s].as_ref();
+        let tier = sel.and_then(|x| x.active_tier);
+        if let Some(flow) = self.dp.flow(&key) {
+            let usable = self
+                .dp
+                .backend(flow.backend)
+                .is_ok_and(|b| b.usable_for(sl.entry.id));
+            if flow.service == sl.entry.id && usable {
+                return Response::Explain(Explanation {
+                    service: service.into(),
+                    client: client.to_string(),
+                    backend: name_of(flow.backend),
+                    how: "connection-table hit: an established flow stays on its backend".into(),
+                    tier,
+                });
+            }
+        }
+        if sel.is_some_and(|x| x.panic)
+            && sel.is_some_and(|x| x.new_flow_members().next().is_none())
+        {
+            return Response::Explain(Explanation {
+                service: service.into(),
+                client: client.to_string(),
+                backend: None,
+                how: format!("panic: no usable backend; policy {}", svc.no_backend),
+                tier,
+            });
+        }
+        let hash = key.hash();
+        let table = self.dp.active_table(&sl.entry);
+        let (backend, how) = match table {
+            Some(t) if !t.is_empty() => {
+                let slot = hash % sl.entry.ring_size;
+                (
+                    name_of(t[slot as usize]),
+                    format!(
+                        "new flow: Maglev slot {slot} of {} (flow hash {hash:#010x})",
+                        sl.entry.ring_size
+                    ),
+                )
+            }
+            _ => (None, "no table published yet".into()),
+        };
+        Response::Explain(Explanation {
+            service: service.into(),
+            client: client.to_string(),
+            backend,
+            how,
+            tier,
+        })
     }
 
     /// The dataplane (for attaching, counters).

@@ -81,6 +81,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || resolve_all(&cfg_for_macs, Duration::from_secs(1)))
             .await?;
     let mut brain = Brain::new(cfg.clone(), plan, dp, macs, Instant::now());
+    let started = Instant::now();
+    // Bound before anything is attached: a second daemon fails here, touching nothing.
+    let listener = crate::control::ControlListener::bind(
+        &cfg.control_socket,
+        crate::control::ServerOptions::default(),
+    )
+    .await
+    .with_context(|| format!("control socket {}", cfg.control_socket.display()))?;
+    let (control_tx, mut control) = mpsc::channel(64);
+    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control_server = tokio::spawn(listener.serve(control_tx, async {
+        let _ = control_stopped.await;
+    }));
 
     let (reports_tx, mut reports) = mpsc::channel(1024);
     let probes = scheduler::spawn(
@@ -98,6 +111,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 if let Some(s) = brain.on_probe(&report, Instant::now())? {
                     probes.set_schedule(report.target, s);
                 }
+            }
+            Some((request, reply)) = control.recv() => {
+                let _ = reply.send(brain.handle(request, started, Instant::now()));
             }
             () = tokio::time::sleep_until(startup) => {
                 tracing::warn!("some backends have no verdict yet; they take no traffic until they do");
@@ -159,9 +175,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 });
             }
             Some(macs) = fresh_macs.recv() => brain.set_macs(macs, Instant::now())?,
+            Some((request, reply)) = control.recv() => {
+                let _ = reply.send(brain.handle(request, started, Instant::now()));
+            }
         }
     }
     drop(probes);
+    let _ = stop_control.send(());
+    if let Err(e) = control_server.await {
+        tracing::warn!(error = %e, "control socket task");
+    }
     tracing::info!(
         "stopping: the XDP program is detached with the daemon (pinning comes with issue 4)"
     );

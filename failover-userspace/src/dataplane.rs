@@ -228,15 +228,21 @@ impl Dataplane {
             })
     }
 
-    /// Writes backend `id`.
+    /// Writes backend `id`, unless it already holds exactly `b` (a failover then costs one
+    /// map update for the backend that changed, not one per backend of the service).
     pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<(), DataplaneError> {
+        if self.written.get(&id) == Some(b) {
+            return Ok(());
+        }
         self.backends
             .set(id, b, 0)
             .map_err(|source| DataplaneError::Op {
                 op: "update",
                 name: maps::BACKENDS,
                 source,
-            })
+            })?;
+        self.written.insert(id, *b);
+        Ok(())
     }
 
     /// Reads backend `id`.

@@ -219,10 +219,9 @@ impl ControlListener {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(done) = connections.join_next(), if !connections.is_empty() => {
-                    if let Err(e) = done
-                        && e.is_panic()
-                    {
+                // Reaps finished connections; only failures (panics) need a word.
+                Some(Err(e)) = connections.join_next(), if !connections.is_empty() => {
+                    if e.is_panic() {
                         tracing::error!(error = %e, "control connection task panicked");
                     }
                 }
@@ -252,7 +251,10 @@ impl Drop for ControlListener {
         // A plain unlink: quick, and there is no runtime to rely on inside `drop`.
         let ours = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|m| self.identity == Some((m.dev(), m.ino())));
-        if ours && let Err(e) = std::fs::remove_file(&self.path) {
+        if !ours {
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(&self.path) {
             tracing::warn!(socket = %self.path.display(), error = %e, "cannot remove the control socket");
         }
     }
@@ -260,18 +262,18 @@ impl Drop for ControlListener {
 
 /// Prepares the path and binds the socket with mode 0600.
 async fn listen(path: &Path) -> Result<UnixListener, ControlError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && tokio::fs::metadata(dir).await.is_err()
-    {
-        tokio::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .await
-            .map_err(|source| ControlError::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if tokio::fs::metadata(dir).await.is_err() {
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .await
+                .map_err(|source| ControlError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
     }
     remove_stale(path).await?;
     let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
