@@ -547,3 +547,79 @@ fn operator_drains_disables_and_enables_from_the_cli() {
         "explain names a backend: {out}{err}"
     );
 }
+
+/// Restarts without loss: the daemon stops (SIGTERM) or crashes (SIGKILL) while clients
+/// keep connecting; forwarding goes on with the pinned tables, the next daemon adopts them
+/// and swaps its program in. No connection, new or established, is lost.
+#[test]
+fn daemon_stop_crash_and_restart_lose_no_connection() {
+    let rig = Rig::new(3);
+    let check = "  type = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n";
+    let cfg = rig.config("", check, &|_| String::new());
+    let ns = rig.lab.lb().ns();
+    let mut first = Daemon::start(ns, &cfg).expect("first daemon");
+    let client = rig.lab.client().ns();
+    let held = Persistent::start(
+        client,
+        vip(),
+        30,
+        Duration::from_millis(100),
+        Duration::from_secs(6),
+    );
+    let stream = Stream::start(client, vip(), 50, 250, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(1000));
+
+    first.keep_pins();
+    let status = first.stop().expect("SIGTERM");
+    assert!(status.success(), "clean exit: {}", first.log.join("\n"));
+    assert!(
+        first.log.iter().any(|l| l.contains("forwarding continues")),
+        "{}",
+        first.log.join("\n")
+    );
+    std::thread::sleep(Duration::from_millis(700)); // no daemon at all
+
+    let mut second = Daemon::start(ns, &cfg).expect("second daemon");
+    assert!(
+        second
+            .log
+            .iter()
+            .any(|l| l.contains("adopted the pinned tables")),
+        "{}",
+        second.log.join("\n")
+    );
+    assert!(
+        second.log.iter().any(|l| l.contains("adopted_link=true")),
+        "first:\n{}\nsecond:\n{}",
+        first.log.join("\n"),
+        second.log.join("\n")
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    second.keep_pins();
+    second.kill9(); // a crash
+    std::thread::sleep(Duration::from_millis(700));
+    let third = Daemon::start(ns, &cfg).expect("third daemon");
+    assert!(
+        third.log.iter().any(|l| l.contains("adopted_link=true")),
+        "{}",
+        third.log.join("\n")
+    );
+
+    let attempts = stream.join();
+    let failed = failures(&attempts);
+    assert_eq!(attempts.len(), 250);
+    assert!(
+        failed.is_empty(),
+        "{} new connections failed across restarts: {:?}",
+        failed.len(),
+        failed
+    );
+    for h in held.join() {
+        assert!(
+            h.error.is_none(),
+            "an established connection was disturbed by a restart: {h:?}"
+        );
+        assert!(h.exchanges >= 40, "it kept exchanging: {h:?}");
+    }
+    drop(third);
+}

@@ -308,9 +308,27 @@ impl Brain {
 
     /// Publishes every service (at start, and after MACs change).
     pub fn publish_all(&mut self, now: Instant) -> Result<(), ProgramError> {
+        self.publish(now, false)
+    }
+
+    /// After adopting pinned tables: publishes the services whose backends all have
+    /// fresh verdicts; the others keep forwarding with the adopted tables until theirs
+    /// arrive (each verdict then publishes its service as usual).
+    pub fn publish_converged(&mut self, now: Instant) -> Result<(), ProgramError> {
+        self.publish(now, true)
+    }
+
+    fn publish(&mut self, now: Instant, only_converged: bool) -> Result<(), ProgramError> {
         self.publishing = true;
         self.dp.set_globals(&program::globals(&self.cfg))?;
         for s in 0..self.cfg.services.len() {
+            let unknown = self.states[s]
+                .iter()
+                .any(|st| st.health() == crate::selection::state::Health::Unknown);
+            if only_converged && unknown {
+                tracing::warn!(service = %self.cfg.services[s].name, "no fresh verdict for every backend yet: keeping the adopted table");
+                continue;
+            }
             self.published[s] = None;
             self.recompute(s, now, None)?;
         }

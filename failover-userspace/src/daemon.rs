@@ -21,6 +21,7 @@ use crate::{
     layout,
     loader::{self, AttachMode},
     neighbor,
+    pins::Pins,
 };
 
 /// How often backend MAC addresses are re-read from the kernel.
@@ -59,14 +60,36 @@ const MAX_CONCURRENT_PROBES: usize = 256;
 
 /// `failover run`.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // Bound before anything is loaded or attached: a second daemon fails here, touching nothing.
+    let listener = crate::control::ControlListener::bind(
+        &cfg.control_socket,
+        crate::control::ServerOptions::default(),
+    )
+    .await
+    .with_context(|| format!("control socket {}", cfg.control_socket.display()))?;
     let plan = layout::plan(&cfg);
-    let mut ebpf = loader::load_balancer(&plan.sizes, cfg.xdp_log_level)?;
+    let pins = Pins::prepare(&cfg.pin_dir)?;
+    let adopting = match pins.adoptable(&plan.sizes) {
+        Some(true) => true,
+        Some(false) => {
+            tracing::warn!(pin_dir = %cfg.pin_dir.display(), "pinned maps have other sizes (the config changed them): starting with fresh tables; established flows will be re-picked");
+            pins.clear_maps()?;
+            false
+        }
+        None => false,
+    };
+    let mut ebpf = loader::load_balancer_pinned(&plan.sizes, cfg.xdp_log_level, Some(&pins))?;
     let mut logger = if cfg.xdp_log_level == XdpLogLevel::Off {
         None
     } else {
         Some(aya_log::EbpfLogger::init(&mut ebpf).context("starting the XDP program's logger")?)
     };
     let mut dp = Dataplane::new(ebpf)?;
+    if adopting {
+        let entries: Vec<_> = plan.services.iter().map(|s| s.entry.clone()).collect();
+        dp.adopt(&entries);
+        tracing::info!(pin_dir = %cfg.pin_dir.display(), "adopted the pinned tables: they stay in use until fresh verdicts");
+    }
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
     // AsyncFd (which owns the ring buffer) is dropped.
     let mut resets = unsafe {
@@ -82,13 +105,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await?;
     let mut brain = Brain::new(cfg.clone(), plan, dp, macs, Instant::now());
     let started = Instant::now();
-    // Bound before anything is attached: a second daemon fails here, touching nothing.
-    let listener = crate::control::ControlListener::bind(
-        &cfg.control_socket,
-        crate::control::ServerOptions::default(),
-    )
-    .await
-    .with_context(|| format!("control socket {}", cfg.control_socket.display()))?;
     let (control_tx, mut control) = mpsc::channel(64);
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let control_server = tokio::spawn(listener.serve(control_tx, async {
@@ -121,16 +137,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
     }
-    brain.publish_all(Instant::now())?;
-    loader::attach(
+    if adopting {
+        brain.publish_converged(Instant::now())?;
+    } else {
+        brain.publish_all(Instant::now())?;
+    }
+    let adopted_link = pins.attach(
         brain.dataplane_mut().ebpf_mut(),
-        failover_common::maps::PROG_BALANCER,
         &cfg.interface,
         attach_mode(cfg.xdp_mode),
     )?;
     tracing::info!(
         interface = %cfg.interface,
         services = cfg.services.len(),
+        adopted_link,
         "forwarding"
     );
 
@@ -185,9 +205,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Err(e) = control_server.await {
         tracing::warn!(error = %e, "control socket task");
     }
-    tracing::info!(
-        "stopping: the XDP program is detached with the daemon (pinning comes with issue 4)"
-    );
+    if cfg.detach_on_exit {
+        pins.detach()?;
+        tracing::info!("stopped: detached (detach_on_exit)");
+    } else {
+        tracing::info!(pin_dir = %cfg.pin_dir.display(), "stopped: forwarding continues with the last tables (pinned); a new daemon adopts them");
+    }
     Ok(())
 }
 

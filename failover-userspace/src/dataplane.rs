@@ -207,6 +207,27 @@ impl Dataplane {
         })
     }
 
+    /// Learns which half of each service's table is live from adopted (pinned) maps, so
+    /// the next table goes to the other half and never overwrites the one in use.
+    pub fn adopt(&mut self, services: &[ServiceEntry]) {
+        for svc in services {
+            let Some(key) = svc.keys.first() else {
+                continue;
+            };
+            let value = if key.family == FAMILY_IPV4 {
+                self.services4.get(&key.v4(), 0)
+            } else {
+                self.services6.get(key, 0)
+            };
+            if let Ok(v) = value {
+                if v.ring_offset == svc.ring_base || v.ring_offset == svc.ring_base + svc.ring_size
+                {
+                    self.active.insert(svc.id, v.ring_offset);
+                }
+            }
+        }
+    }
+
     /// Takes the `RESETS` ring buffer (backends resetting new flows), for one reader.
     pub fn take_resets(&mut self) -> Result<aya::maps::RingBuf<MapData>, DataplaneError> {
         take(&mut self.ebpf, maps::RESETS)

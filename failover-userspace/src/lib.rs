@@ -8,6 +8,7 @@
 //! - [`dataplane`]: the only writer of the BPF maps, and the reader of their counters;
 //! - [`layout`]: ids, table slots and map sizes derived from the config;
 //! - [`program`]: writes a desired state (backends, tables) through the dataplane;
+//! - [`pins`]: pinned maps and link, so forwarding survives restarts;
 //! - [`neighbor`]: resolves backend and next-hop MAC addresses from the kernel.
 
 pub mod brain;
@@ -20,5 +21,6 @@ pub mod health;
 pub mod layout;
 pub mod loader;
 pub mod neighbor;
+pub mod pins;
 pub mod program;
 pub mod selection;

@@ -99,25 +99,50 @@ pub const fn log_level_value(l: XdpLogLevel) -> u8 {
     }
 }
 
+/// Every sized map and its entries for `sizes`.
+pub fn map_entries(sizes: &MapSizes) -> [(&'static str, u32); 11] {
+    [
+        (SERVICES4, sizes.service_keys.max(1)),
+        (SERVICES6, sizes.service_keys.max(1)),
+        (RINGS, sizes.ring_slots.max(1)),
+        (BACKENDS, sizes.backends.max(1)),
+        (BACKEND_TRAFFIC, sizes.backends.max(1)),
+        (SERVICE_TRAFFIC, sizes.services.max(1)),
+        (FLOWS4, sizes.flows4.max(1)),
+        (FLOWS6, sizes.flows6.max(1)),
+        (NAT_REPLIES, sizes.nat_flows.max(1)),
+        (COUNTERS, Counter::COUNT),
+        (failover_common::maps::GLOBALS, 1),
+    ]
+}
+
 /// Loads the load balancer with maps sized by `sizes` and verifies its program (not yet
-/// attached).
+/// attached). With `pins`, the maps are pinned there, or adopted if already pinned.
 pub fn load_balancer(sizes: &MapSizes, log: XdpLogLevel) -> Result<Ebpf, LoadError> {
+    load_balancer_pinned(sizes, log, None)
+}
+
+/// [`load_balancer`], with the maps pinned under (or adopted from) `pins`.
+pub fn load_balancer_pinned(
+    sizes: &MapSizes,
+    log: XdpLogLevel,
+    pins: Option<&crate::pins::Pins>,
+) -> Result<Ebpf, LoadError> {
     let name = "failover-xdp";
     if BALANCER_OBJECT.is_empty() {
         return Err(LoadError::NotBuilt { name });
     }
     let level = log_level_value(log);
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(SERVICES4, sizes.service_keys.max(1))
-        .map_max_entries(SERVICES6, sizes.service_keys.max(1))
-        .map_max_entries(RINGS, sizes.ring_slots.max(1))
-        .map_max_entries(BACKENDS, sizes.backends.max(1))
-        .map_max_entries(BACKEND_TRAFFIC, sizes.backends.max(1))
-        .map_max_entries(SERVICE_TRAFFIC, sizes.services.max(1))
-        .map_max_entries(FLOWS4, sizes.flows4.max(1))
-        .map_max_entries(FLOWS6, sizes.flows6.max(1))
-        .map_max_entries(NAT_REPLIES, sizes.nat_flows.max(1))
-        .map_max_entries(COUNTERS, Counter::COUNT)
+    let mut loader = EbpfLoader::new();
+    for (map, entries) in map_entries(sizes) {
+        loader.map_max_entries(map, entries);
+    }
+    if let Some(pins) = pins {
+        for map in crate::pins::PINNED_MAPS {
+            loader.map_pin_path(map, pins.map_path(map));
+        }
+    }
+    let mut ebpf = loader
         .override_global("AYA_LOG_LEVEL", &level, false)
         .load(BALANCER_OBJECT)
         .map_err(|source| LoadError::Load { name, source })?;

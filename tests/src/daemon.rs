@@ -32,6 +32,32 @@ pub fn failover_binary() -> anyhow::Result<PathBuf> {
         })
 }
 
+/// A bpffs for the tests' pins. `ip netns exec` gives the daemon a private mount
+/// namespace with a fresh /sys, so pins under /sys/fs/bpf would vanish with the process;
+/// this mount, made in the test's own mount namespace under /run, is shared with it.
+pub fn test_bpffs() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from("/run/failover-test-bpf");
+    std::fs::create_dir_all(&dir)?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new("/run/failover-test-bpf")?;
+    // SAFETY: a valid C string and a zeroed statfs for the kernel to fill.
+    let mounted =
+        unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type == libc::BPF_FS_MAGIC;
+    if !mounted {
+        let bpf = std::ffi::CString::new("bpf")?;
+        // SAFETY: valid C strings; mounts a bpffs instance.
+        let rc =
+            unsafe { libc::mount(bpf.as_ptr(), c.as_ptr(), bpf.as_ptr(), 0, std::ptr::null()) };
+        anyhow::ensure!(
+            rc == 0,
+            "mounting bpffs at {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(dir)
+}
+
 /// A running daemon; its log lines are collected, and it is stopped on drop.
 pub struct Daemon {
     child: Child,
@@ -39,6 +65,10 @@ pub struct Daemon {
     /// Every log line read so far.
     pub log: Vec<String>,
     _config: tempfile_path::TempPath,
+    /// The bpffs directory its maps and link are pinned in (one per lab).
+    pub pin_dir: PathBuf,
+    /// Whether dropping this guard removes the pins (and so detaches the program).
+    remove_pins: bool,
 }
 
 mod tempfile_path {
@@ -59,7 +89,14 @@ impl Daemon {
     /// logs that it is forwarding.
     pub fn start(ns: &Netns, config: &str) -> anyhow::Result<Self> {
         let path = std::env::temp_dir().join(format!("{}-failover.toml", ns.name()));
-        std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+        // Every lab pins in a directory of its own, removed with the guard.
+        let pin_dir = test_bpffs()?.join(ns.name());
+        let config = if config.contains("pin_dir") {
+            config.to_owned()
+        } else {
+            format!("pin_dir = \"{}\"\n{config}", pin_dir.display())
+        };
+        std::fs::write(&path, &config).with_context(|| format!("writing {}", path.display()))?;
         let config_path = tempfile_path::TempPath(path.clone());
         let mut child = ns
             .exec(
@@ -100,8 +137,10 @@ impl Daemon {
             lines,
             log: Vec::new(),
             _config: config_path,
+            pin_dir,
+            remove_pins: true,
         };
-        d.wait_for("forwarding", Duration::from_secs(15))?;
+        d.wait_for("forwarding interface=", Duration::from_secs(15))?;
         Ok(d)
     }
 
@@ -171,10 +210,28 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Kills the daemon with SIGKILL (a crash) and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.drain();
+    }
+
+    /// Leaves the pinned program and maps in place when this guard drops (for a test of
+    /// restarts: the next daemon adopts them, and its guard removes them).
+    pub fn keep_pins(&mut self) {
+        self.remove_pins = false;
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.stop();
+        }
+        if self.remove_pins {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
         }
     }
 }

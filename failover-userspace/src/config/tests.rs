@@ -437,9 +437,9 @@ fn example_files_parse() {
     assert_eq!(
         backends,
         [
-            ("web-1", ip("198.18.1.1")),
-            ("web-2", ip("198.18.1.2")),
-            ("web-3", ip("198.18.1.3")),
+            ("web-1", ip("198.18.0.101")),
+            ("web-2", ip("198.18.0.102")),
+            ("web-3", ip("198.18.0.103")),
         ]
     );
     assert_eq!(web.check.kind.check_type(), CheckType::Tcp);

@@ -5,7 +5,7 @@
 //! also when a test panics. Needs root, `ip` (iproute2) and the `fo-echo` binary of this
 //! crate (see [`server::echo_binary`]).
 //!
-//! ```ignore
+//! ```text
 //! let lab = Lab::new(2)?;
 //! let _web1 = Server::start(lab.backend(1).ns(), "web-1", &Listen::all(80))?;
 //! let replies = client::tcp_requests(lab.client().ns(), "198.18.0.101:80".parse()?,

@@ -95,7 +95,7 @@ impl Node {
 ///
 /// To attach XDP programs, run aya inside the right namespace with [`run_in`]:
 ///
-/// ```ignore
+/// ```text
 /// let (ebpf, link) = run_in(lab.lb().ns(), || {
 ///     let mut ebpf = aya::Ebpf::load(OBJECT)?;
 ///     let prog: &mut Xdp = ebpf.program_mut("balancer").unwrap().try_into()?;

@@ -1,0 +1,248 @@
+//! Restarts without loss: the program's link and maps are pinned under one bpffs directory
+//! (`pin_dir`, default `/sys/fs/bpf/failover`). When the daemon stops or crashes,
+//! forwarding goes on with the last tables; a new daemon adopts the pinned maps and swaps
+//! its program into the pinned link atomically (`bpf_link_update`).
+//!
+//! Layout of `pin_dir`: one file per map, named as the map (`FLOWS4`, `RINGS`, ...), and
+//! `link` (the XDP link). Maps are only adopted when their sizes match the config's;
+//! otherwise the daemon starts from fresh maps (and says so).
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    maps::MapData,
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use failover_common::maps::{
+    BACKEND_TRAFFIC, BACKENDS, COUNTERS, FLOWS4, FLOWS6, GLOBALS, NAT_REPLIES, PROG_BALANCER,
+    RINGS, SERVICE_TRAFFIC, SERVICES4, SERVICES6,
+};
+
+use crate::loader::{self, AttachMode, LoadError, MapSizes};
+
+/// The maps that survive a restart (not the log ring or the reset reports).
+pub const PINNED_MAPS: [&str; 11] = [
+    SERVICES4,
+    SERVICES6,
+    RINGS,
+    BACKENDS,
+    FLOWS4,
+    FLOWS6,
+    NAT_REPLIES,
+    COUNTERS,
+    SERVICE_TRAFFIC,
+    BACKEND_TRAFFIC,
+    GLOBALS,
+];
+
+/// Why the pin directory could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// bpffs is not mounted and mounting it failed.
+    #[error(
+        "mounting bpffs at {path} failed (run as root, or mount it: `mount -t bpf bpf {path}`)"
+    )]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The directory is not on a bpffs, so nothing can be pinned there.
+    #[error(
+        "pin_dir {path} is not on a bpffs: use a directory under /sys/fs/bpf, or mount one (`mount -t bpf bpf DIR`)"
+    )]
+    NotBpffs {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A file operation in the pin directory failed.
+    #[error("{what} {path} failed")]
+    Io {
+        /// "creating", "removing", ...
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pinned link could not be opened, pinned or updated.
+    #[error("the pinned XDP link at {path}: {what}")]
+    Link {
+        /// The path.
+        path: PathBuf,
+        /// What failed.
+        what: String,
+    },
+}
+
+/// The pinned state's directory.
+pub struct Pins {
+    dir: PathBuf,
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed statfs for the kernel to fill.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == libc::BPF_FS_MAGIC }
+}
+
+impl Pins {
+    /// Makes `dir` usable: mounts bpffs on its bpffs parent (`/sys/fs/bpf`) if needed and
+    /// creates the directory.
+    pub fn prepare(dir: &Path) -> Result<Self, PinError> {
+        let root = Path::new("/sys/fs/bpf");
+        if dir.starts_with(root) && !is_bpffs(root) {
+            let c = |s: &str| CString::new(s).expect("no NUL");
+            // SAFETY: valid C strings; mounting a new bpffs instance.
+            let rc = unsafe {
+                libc::mount(
+                    c("bpf").as_ptr(),
+                    c("/sys/fs/bpf").as_ptr(),
+                    c("bpf").as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(PinError::Mount {
+                    path: root.into(),
+                    source: std::io::Error::last_os_error(),
+                });
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(|source| PinError::Io {
+            what: "creating",
+            path: dir.into(),
+            source,
+        })?;
+        if !is_bpffs(dir) {
+            return Err(PinError::NotBpffs { path: dir.into() });
+        }
+        Ok(Self { dir: dir.into() })
+    }
+
+    /// Where a map is pinned.
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn link_path(&self) -> PathBuf {
+        self.dir.join("link")
+    }
+
+    /// Whether pinned maps exist and all have the sizes `sizes` asks for (so they can be
+    /// adopted as they are). Returns `None` when nothing is pinned.
+    pub fn adoptable(&self, sizes: &MapSizes) -> Option<bool> {
+        let want = loader::map_entries(sizes);
+        let mut any = false;
+        for (name, entries) in want {
+            let path = self.map_path(name);
+            if !path.exists() {
+                continue;
+            }
+            any = true;
+            let ok = MapData::from_pin(&path)
+                .and_then(|m| m.info())
+                .is_ok_and(|i| i.max_entries() == entries);
+            if !ok {
+                return Some(false);
+            }
+        }
+        any.then_some(true)
+    }
+
+    /// Removes every pinned map (not the link).
+    pub fn clear_maps(&self) -> Result<(), PinError> {
+        for name in PINNED_MAPS {
+            let path = self.map_path(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(PinError::Io {
+                        what: "removing",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the balancer: into the pinned link if there is one (an atomic program swap:
+    /// no packet goes unprocessed), else freshly, pinning the new link. Returns whether a
+    /// pinned link was adopted.
+    pub fn attach(
+        &self,
+        ebpf: &mut Ebpf,
+        interface: &str,
+        mode: AttachMode,
+    ) -> Result<bool, LoadError> {
+        let path = self.link_path();
+        let prog = loader::xdp_mut(ebpf, PROG_BALANCER)?;
+        if path.exists() {
+            let adopted = PinnedLink::from_pin(&path)
+                .map_err(|e| e.to_string())
+                .map(FdLink::from)
+                .and_then(|fd| XdpLink::try_from(fd).map_err(|e| e.to_string()))
+                .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
+            match adopted {
+                Ok(_) => return Ok(true),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot adopt the pinned XDP link; attaching afresh");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let id = loader::attach(ebpf, PROG_BALANCER, interface, mode)?;
+        let prog = loader::xdp_mut(ebpf, PROG_BALANCER)?;
+        let pinned = prog
+            .take_link(id)
+            .map_err(|e| e.to_string())
+            .and_then(|l| FdLink::try_from(l).map_err(|e| e.to_string()))
+            .and_then(|fd| fd.pin(&path).map_err(|e| e.to_string()));
+        match pinned {
+            // Pinned, the link outlives this process; the handle itself can go.
+            Ok(link) => drop(link),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not pin the XDP link (a kernel without bpf_link XDP?): forwarding stops when the daemon exits"
+            ),
+        }
+        Ok(false)
+    }
+
+    /// Detaches: unpins the link (the program detaches when the last reference goes) and
+    /// the maps. For `detach_on_exit`.
+    pub fn detach(&self) -> Result<(), PinError> {
+        let path = self.link_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(PinError::Io {
+                    what: "removing",
+                    path,
+                    source,
+                });
+            }
+        }
+        self.clear_maps()?;
+        let _ = std::fs::remove_dir(&self.dir);
+        Ok(())
+    }
+}
