@@ -17,14 +17,27 @@ pub fn run(no_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
         println!("test: cargo fmt --check");
         run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
         println!("test: cargo clippy");
-        run_cmd(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        run_cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+        println!("test: cargo clippy (eBPF crate, BPF target)");
+        let tools = crate::setup::tools_dir()?.join("bpf-linker/bin");
+        let path = std::env::join_paths(std::iter::once(tools).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )))?;
+        run_cmd(
+            Command::new("cargo")
+                .current_dir("failover-ebpf")
+                .args([
+                    "+nightly",
+                    "clippy",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+                .env("PATH", path)
+                .env_remove("RUSTC")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+        )?;
     }
     let mut unit = cargo();
     unit.args([
