@@ -623,3 +623,88 @@ fn daemon_stop_crash_and_restart_lose_no_connection() {
     }
     drop(third);
 }
+
+/// Live reload: a weight change applies to that service only, keeps every established
+/// connection; a config that fails validation is rejected with its file, line and key,
+/// and the running config stays; a structural change is refused with what to do.
+#[test]
+fn reload_applies_the_difference_and_rejects_bad_configs() {
+    let rig = Rig::new(3);
+    let check = "  type = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n";
+    let weights = |w2: u32| {
+        move |i: usize| {
+            if i == 1 {
+                format!("  weight = {w2}\n")
+            } else {
+                String::new()
+            }
+        }
+    };
+    let daemon =
+        Daemon::start(rig.lab.lb().ns(), &rig.config("", check, &weights(100))).expect("daemon");
+    let path = daemon.config_path().to_owned();
+    let pinned = std::fs::read_to_string(&path).unwrap();
+    let pin_line = pinned.lines().next().unwrap().to_owned();
+    let client = rig.lab.client().ns();
+    let held = Persistent::start(
+        client,
+        vip(),
+        30,
+        Duration::from_millis(100),
+        Duration::from_secs(3),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // be-2 to weight 0: it takes no new flows, keeps its established ones.
+    std::fs::write(
+        &path,
+        format!("{pin_line}\n{}", rig.config("", check, &weights(0))),
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&rig, &["reload"]);
+    assert!(ok && out.contains("changed web"), "{out}{err}");
+    let replies =
+        failover_tests::lab::client::tcp_requests(client, vip(), 60, Duration::from_secs(2), 8);
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
+        "weight 0: no new flows: {replies:?}"
+    );
+
+    // A bad value: rejected, with the file, the line and the key.
+    let bad = format!(
+        "{pin_line}\n{}",
+        rig.config("", check, &weights(0))
+            .replace("interval", "intervall")
+    );
+    std::fs::write(&path, &bad).unwrap();
+    let (ok, _, err) = cli(&rig, &["reload"]);
+    assert!(
+        !ok && err.contains("intervall") && err.contains(&path.display().to_string()),
+        "{err}"
+    );
+    // A structural change: refused, saying what to do.
+    let four = format!(
+        "{pin_line}\n{}  [[service.backend]]\n  name = \"be-9\"\n  address = \"198.18.0.109\"\n",
+        rig.config("", check, &weights(0))
+    );
+    std::fs::write(&path, four).unwrap();
+    let (ok, _, err) = cli(&rig, &["reload"]);
+    assert!(!ok && err.contains("restart"), "{err}");
+    // Still serving with the last good config.
+    let replies =
+        failover_tests::lab::client::tcp_requests(client, vip(), 30, Duration::from_secs(2), 8);
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
+        "{replies:?}"
+    );
+    for h in held.join() {
+        assert!(
+            h.error.is_none(),
+            "a reload disturbed an established connection: {h:?}"
+        );
+    }
+}

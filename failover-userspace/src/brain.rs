@@ -79,6 +79,76 @@ pub struct Brain {
     /// so the first selection sees every first verdict at once (a backup that answered
     /// first must not become the active tier and then wait out a failback hold).
     publishing: bool,
+    /// Numbering of `targets`: bumped when a reload renumbers them.
+    generation: u64,
+}
+
+/// Groups backends by distinct probe target (a backend shared by services with the same
+/// check is probed once); `none` checks have no target.
+fn group_targets(cfg: &Config) -> Vec<TargetInfo> {
+    let mut targets: Vec<TargetInfo> = Vec::new();
+    let mut index: HashMap<Target, usize> = HashMap::new();
+    for (s, svc) in cfg.services.iter().enumerate() {
+        for (b, backend) in svc.backends.iter().enumerate() {
+            let Some(t) = Target::new(
+                backend.address,
+                svc.port.port(),
+                backend.port,
+                &backend.check,
+            ) else {
+                continue;
+            };
+            let i = *index.entry(t.clone()).or_insert_with(|| {
+                targets.push(TargetInfo {
+                    target: t,
+                    users: Vec::new(),
+                    check: backend.check.clone(),
+                });
+                targets.len() - 1
+            });
+            let info = &mut targets[i];
+            info.users.push((s, b));
+            // Shared targets probe at the pace of their most demanding user.
+            info.check.interval = info.check.interval.min(backend.check.interval);
+            info.check.fast_interval = info.check.fast_interval.min(backend.check.fast_interval);
+        }
+    }
+    targets
+}
+
+/// A fresh state for a backend: unknown until checked, up at once for `none` checks.
+fn new_state(
+    backend: &crate::config::BackendConfig,
+    service_port: Option<u16>,
+    now: Instant,
+) -> BackendState {
+    let mut state = BackendState::new(now, Thresholds::from(&backend.check), FlapPolicy::default());
+    if Target::new(backend.address, service_port, backend.port, &backend.check).is_none() {
+        // `none`: always usable, for manual control.
+        state.set_thresholds(Thresholds {
+            rise: 1,
+            ..state.thresholds()
+        });
+        state.observe(now, &Observation::Up, Duration::ZERO);
+    }
+    state
+}
+
+/// What of a service's layout a live reload must leave as it is.
+#[derive(PartialEq, Eq)]
+struct ServiceShape {
+    name: String,
+    entry: (u32, u32, u32, Vec<failover_common::ServiceKey>),
+    backends: Vec<(String, u32)>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Services whose settings changed (and were republished).
+    pub services: Vec<String>,
+    /// Whether the probe targets changed (the caller restarts the probes).
+    pub targets_changed: bool,
 }
 
 fn observation(outcome: &Outcome) -> Observation {
@@ -104,50 +174,17 @@ impl Brain {
         macs: HashMap<IpAddr, [u8; 6]>,
         now: Instant,
     ) -> Self {
-        let mut targets: Vec<TargetInfo> = Vec::new();
-        let mut index: HashMap<Target, usize> = HashMap::new();
-        let mut states = Vec::with_capacity(cfg.services.len());
-        for (s, svc) in cfg.services.iter().enumerate() {
-            let mut row = Vec::with_capacity(svc.backends.len());
-            for (b, backend) in svc.backends.iter().enumerate() {
-                let target = Target::new(
-                    backend.address,
-                    svc.port.port(),
-                    backend.port,
-                    &backend.check,
-                );
-                let mut state =
-                    BackendState::new(now, Thresholds::from(&backend.check), FlapPolicy::default());
-                match target {
-                    Some(t) => {
-                        let i = *index.entry(t.clone()).or_insert_with(|| {
-                            targets.push(TargetInfo {
-                                target: t,
-                                users: Vec::new(),
-                                check: backend.check.clone(),
-                            });
-                            targets.len() - 1
-                        });
-                        let info = &mut targets[i];
-                        info.users.push((s, b));
-                        // Shared targets probe at the pace of their most demanding user.
-                        info.check.interval = info.check.interval.min(backend.check.interval);
-                        info.check.fast_interval =
-                            info.check.fast_interval.min(backend.check.fast_interval);
-                    }
-                    None => {
-                        // `none`: always usable, for manual control.
-                        state.set_thresholds(Thresholds {
-                            rise: 1,
-                            ..state.thresholds()
-                        });
-                        state.observe(now, &Observation::Up, Duration::ZERO);
-                    }
-                }
-                row.push(state);
-            }
-            states.push(row);
-        }
+        let targets = group_targets(&cfg);
+        let states = cfg
+            .services
+            .iter()
+            .map(|svc| {
+                svc.backends
+                    .iter()
+                    .map(|b| new_state(b, svc.port.port(), now))
+                    .collect()
+            })
+            .collect();
         let selectors = cfg
             .services
             .iter()
@@ -166,6 +203,7 @@ impl Brain {
             events: VecDeque::new(),
             switch_times: VecDeque::new(),
             publishing: false,
+            generation: 0,
         }
     }
 
@@ -181,6 +219,11 @@ impl Brain {
                 (t.target.clone(), s)
             })
             .collect()
+    }
+
+    /// The numbering of [`Brain::targets`], for [`crate::health::scheduler::spawn`].
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// How long a fresh start may wait for first verdicts: the slowest check's `rise`
@@ -349,6 +392,87 @@ impl Brain {
         Ok(())
     }
 
+    /// Applies a new config without touching what did not change: services whose settings
+    /// changed are re-selected and republished, the others are left alone, backend states
+    /// (and the connection tables) are kept. A change of the layout (services or backends
+    /// added, removed or reordered, table or map sizes) is refused: it needs a restart,
+    /// during which the pinned tables keep forwarding.
+    pub fn reload(&mut self, cfg: Config, now: Instant) -> Result<Reloaded, String> {
+        let layout = crate::layout::plan(&cfg);
+        let shape = |l: &Layout| -> Vec<ServiceShape> {
+            l.services
+                .iter()
+                .map(|s| ServiceShape {
+                    name: s.name.clone(),
+                    entry: (
+                        s.entry.id,
+                        s.entry.ring_base,
+                        s.entry.ring_size,
+                        s.entry.keys.clone(),
+                    ),
+                    backends: s.backends.iter().map(|b| (b.name.clone(), b.id)).collect(),
+                })
+                .collect()
+        };
+        if shape(&layout) != shape(&self.layout) || layout.sizes != self.layout.sizes {
+            return Err("this change adds, removes or reorders services or backends, or changes a table or map size: \
+                 restart the daemon to apply it (`systemctl restart failover`; the pinned tables keep forwarding meanwhile)"
+                .into());
+        }
+        let mut out = Reloaded::default();
+        let old_targets: Vec<Target> = self.targets.iter().map(|t| t.target.clone()).collect();
+        for (s, svc) in cfg.services.iter().enumerate() {
+            if *svc == self.cfg.services[s] {
+                continue;
+            }
+            self.selectors[s].set_policy(TierPolicy::from(svc));
+            for (b, backend) in svc.backends.iter().enumerate() {
+                let old = &self.cfg.services[s].backends[b];
+                if backend.check != old.check
+                    || backend.address != old.address
+                    || backend.port != old.port
+                {
+                    // Another thing to check: start from "unknown" again.
+                    self.states[s][b] = new_state(backend, svc.port.port(), now);
+                } else {
+                    self.states[s][b].set_thresholds(Thresholds::from(&backend.check));
+                }
+            }
+            out.services.push(svc.name.clone());
+        }
+        let globals_changed = program::globals(&cfg) != program::globals(&self.cfg);
+        self.cfg = cfg;
+        self.layout = layout;
+        self.targets = group_targets(&self.cfg);
+        out.targets_changed = self
+            .targets
+            .iter()
+            .map(|t| &t.target)
+            .ne(old_targets.iter());
+        if out.targets_changed {
+            self.generation += 1;
+        }
+        if globals_changed {
+            self.dp
+                .set_globals(&program::globals(&self.cfg))
+                .map_err(|e| e.to_string())?;
+        }
+        for name in &out.services {
+            if let Some(s) = self.cfg.services.iter().position(|x| &x.name == name) {
+                self.published[s] = None;
+                self.recompute(s, now, None)
+                    .map_err(|e| format!("{name}: {e}"))?;
+            }
+        }
+        self.push_event(Event {
+            at: now,
+            service: "-".into(),
+            backend: None,
+            what: format!("reloaded: {} service(s) changed", out.services.len()),
+        });
+        Ok(out)
+    }
+
     /// Answers a control request (the control socket's handler).
     pub fn handle(&mut self, req: Request, started: Instant, now: Instant) -> Response {
         let result = match req {
@@ -379,11 +503,8 @@ impl Brain {
                 self.manual(&service, &backend, now, Manual::Enable)
             }
             Request::Failback { service } => self.failback(&service, now),
-            Request::Reload => Err(
-                "live reload is not implemented yet: restart the daemon to apply a new config \
-                 (with detach_on_exit unset, forwarding continues while it restarts)"
-                    .to_string(),
-            ),
+            // The daemon handles reloads (it re-reads the file and restarts probes).
+            Request::Reload => Err("reload is handled by the daemon".to_string()),
             Request::Explain { service, client } => return self.explain(&service, client),
         };
         match result {

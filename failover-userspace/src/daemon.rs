@@ -16,6 +16,7 @@ use tokio::{
 use crate::{
     brain::Brain,
     config::{Config, XdpLogLevel, XdpMode},
+    control::{Request, Response},
     dataplane::Dataplane,
     health::{Checker, scheduler},
     layout,
@@ -112,10 +113,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }));
 
     let (reports_tx, mut reports) = mpsc::channel(1024);
-    let probes = scheduler::spawn(
+    let checker = Checker::new(MAX_CONCURRENT_PROBES);
+    let mut probes = scheduler::spawn(
         brain.targets(),
-        Checker::new(MAX_CONCURRENT_PROBES),
-        reports_tx,
+        checker.clone(),
+        reports_tx.clone(),
+        brain.generation(),
     );
 
     // A fresh start waits (bounded) for first verdicts, so the tables it attaches with
@@ -156,6 +159,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut cfg = cfg;
     let mut refresh = tokio::time::interval(NEIGHBOR_REFRESH);
     refresh.tick().await;
     let mut log_tick = tokio::time::interval(Duration::from_millis(100));
@@ -196,7 +201,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             Some(macs) = fresh_macs.recv() => brain.set_macs(macs, Instant::now())?,
             Some((request, reply)) = control.recv() => {
-                let _ = reply.send(brain.handle(request, started, Instant::now()));
+                let response = if request == Request::Reload {
+                    match reload(&mut cfg, &mut brain, &mut probes, &checker, &reports_tx) {
+                        Ok(message) => Response::Done { message },
+                        Err(message) => Response::Error { message },
+                    }
+                } else {
+                    brain.handle(request, started, Instant::now())
+                };
+                let _ = reply.send(response);
+            }
+            _ = hup.recv() => {
+                // SIGHUP: the same as `failover reload`; the outcome goes to the log.
+                let _ = reload(&mut cfg, &mut brain, &mut probes, &checker, &reports_tx);
             }
         }
     }
@@ -212,6 +229,66 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(pin_dir = %cfg.pin_dir.display(), "stopped: forwarding continues with the last tables (pinned); a new daemon adopts them");
     }
     Ok(())
+}
+
+/// Re-reads the config file and applies the difference; a config that fails validation
+/// is rejected and the running one stays. Returns what to tell the operator.
+fn reload(
+    cfg: &mut Config,
+    brain: &mut Brain,
+    probes: &mut scheduler::Probes,
+    checker: &Checker,
+    reports: &mpsc::Sender<scheduler::Report>,
+) -> Result<String, String> {
+    let fresh = match Config::load(&cfg.file) {
+        Ok(c) => c,
+        Err(e) => {
+            let message = format!("reload rejected, the running config stays:\n{e}");
+            tracing::error!("{message}");
+            return Err(message);
+        }
+    };
+    let immutable = |c: &Config| {
+        (
+            c.interface.clone(),
+            c.xdp_mode,
+            c.pin_dir.clone(),
+            c.control_socket.clone(),
+            c.metrics_listen,
+            c.xdp_log_level,
+        )
+    };
+    if immutable(&fresh) != immutable(cfg) {
+        let message = "reload rejected: interface, xdp_mode, pin_dir, control_socket, metrics_listen and xdp_log_level need a restart".to_string();
+        tracing::error!("{message}");
+        return Err(message);
+    }
+    match brain.reload(fresh.clone(), Instant::now()) {
+        Ok(done) => {
+            if done.targets_changed {
+                *probes = scheduler::spawn(
+                    brain.targets(),
+                    checker.clone(),
+                    reports.clone(),
+                    brain.generation(),
+                );
+            }
+            *cfg = fresh;
+            let message = if done.services.is_empty() {
+                "reloaded: nothing changed".to_string()
+            } else {
+                format!("reloaded: changed {}", done.services.join(", "))
+            };
+            tracing::info!("{message}");
+            Ok(message)
+        }
+        Err(message) => {
+            tracing::error!("reload rejected: {message}");
+            Err(format!(
+                "reload rejected, the running config stays: {message}"
+            ))
+        }
+    }
 }
 
 /// Decodes one `RESETS` record.

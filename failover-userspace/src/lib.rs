@@ -20,6 +20,7 @@ pub mod dataplane;
 pub mod health;
 pub mod layout;
 pub mod loader;
+pub mod metrics;
 pub mod neighbor;
 pub mod pins;
 pub mod program;

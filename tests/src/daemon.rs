@@ -211,6 +211,11 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// The config file the daemon runs with (rewrite it, then reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self._config.0
+    }
+
     /// Kills the daemon with SIGKILL (a crash) and waits for it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -25,7 +25,7 @@ pub fn run(no_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
         )))?;
         run_cmd(
             Command::new("cargo")
-                .current_dir("failover-ebpf")
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../failover-ebpf"))
                 .args([
                     "+nightly",
                     "clippy",

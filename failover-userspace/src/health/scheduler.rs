@@ -12,6 +12,8 @@ use super::{Checker, ProbeResult, Target};
 /// One probe result, for the target with this index.
 #[derive(Debug)]
 pub struct Report {
+    /// Which [`spawn`] call's targets this is about (targets are renumbered on reload).
+    pub generation: u64,
     /// Index of the target (as given to [`spawn`]).
     pub target: usize,
     /// What the probe found.
@@ -84,6 +86,7 @@ pub fn spawn(
     targets: Vec<(Target, Schedule)>,
     checker: Checker,
     reports: mpsc::Sender<Report>,
+    generation: u64,
 ) -> Probes {
     let mut schedules = Vec::with_capacity(targets.len());
     let mut nows = Vec::with_capacity(targets.len());
@@ -99,7 +102,7 @@ pub fn spawn(
             let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (index as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
             loop {
                 let result = checker.run(target.clone()).await;
-                if reports.send(Report { target: index, result }).await.is_err() {
+                if reports.send(Report { generation, target: index, result }).await.is_err() {
                     return;
                 }
                 let s = *rx.borrow_and_update();
