@@ -471,11 +471,11 @@ fn cli(rig: &Rig, args: &[&str]) -> (bool, String, String) {
 fn operator_drains_disables_and_enables_from_the_cli() {
     let rig = Rig::new(3);
     let check = "  type = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n";
-    let _daemon = Daemon::start(
-        rig.lab.lb().ns(),
-        &rig.config("drain_timeout = \"30s\"\n", check, &|_| String::new()),
-    )
-    .expect("daemon");
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:9464\"\n{}",
+        rig.config("drain_timeout = \"30s\"\n", check, &|_| String::new())
+    );
+    let mut daemon = Daemon::start(rig.lab.lb().ns(), &config).expect("daemon");
     let client = rig.lab.client().ns();
     let held = Persistent::start(
         client,
@@ -529,6 +529,33 @@ fn operator_drains_disables_and_enables_from_the_cli() {
             .iter()
             .any(|r| r.as_ref().is_ok_and(|s| s.starts_with("be-2 "))),
         "enabled again, be-2 takes new flows: {replies:?}"
+    );
+
+    // Prometheus, scraped inside the load balancer's namespace.
+    let metrics = failover_tests::lab::run_in(rig.lab.lb().ns(), || {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:9464") else {
+            return String::from("connection refused");
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    });
+    assert!(
+        metrics.starts_with("HTTP/1.1 200"),
+        "{metrics}\n{}",
+        daemon.log.join("\n")
+    );
+    assert!(
+        metrics.contains("failover_backend_up{service=\"web\",backend=\"be-1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("failover_backend_packets_total{service=\"web\",backend=\"be-2\"}"),
+        "{metrics}"
     );
 
     let (ok, out, _) = cli(&rig, &["events"]);

@@ -108,9 +108,34 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     let (control_tx, mut control) = mpsc::channel(64);
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_handler = control_tx.clone();
     let control_server = tokio::spawn(listener.serve(control_tx, async {
         let _ = control_stopped.await;
     }));
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = cfg.metrics_listen {
+        let socket = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics_listen {addr}: cannot listen (in use? choose another address or remove the key)"))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        // Each scrape asks the brain for a status snapshot, like `failover status`.
+        let snapshot = move || {
+            let handler = metrics_handler.clone();
+            async move {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                handler.send((Request::Status, tx)).await.ok()?;
+                match rx.await.ok()? {
+                    Response::Status(s) => Some(s),
+                    _ => None,
+                }
+            }
+        };
+        tokio::spawn(crate::metrics::serve(socket, snapshot, async {
+            let _ = metrics_stopped.await;
+        }));
+    } else {
+        drop(metrics_handler);
+    }
 
     let (reports_tx, mut reports) = mpsc::channel(1024);
     let checker = Checker::new(MAX_CONCURRENT_PROBES);
@@ -156,6 +181,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         adopted_link,
         "forwarding"
     );
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("forwarding"),
+    ]);
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -217,6 +246,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         }
     }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = stop_metrics.send(());
     drop(probes);
     let _ = stop_control.send(());
     if let Err(e) = control_server.await {
@@ -288,6 +319,13 @@ fn reload(
                 "reload rejected, the running config stays: {message}"
             ))
         }
+    }
+}
+
+/// Tells systemd (when it started us with Type=notify); a failure is only logged.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "sd_notify");
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`layout`]: ids, table slots and map sizes derived from the config;
 //! - [`program`]: writes a desired state (backends, tables) through the dataplane;
 //! - [`pins`]: pinned maps and link, so forwarding survives restarts;
+//! - [`control`] and [`metrics`]: the CLI's socket and the Prometheus endpoint;
 //! - [`neighbor`]: resolves backend and next-hop MAC addresses from the kernel.
 
 pub mod brain;

@@ -66,7 +66,7 @@ impl Collector for Snapshot {
         let counter = |v: u64| ConstCounter::new(v);
         let flag = |b: bool| ConstGauge::new(i64::from(b));
         let e = &mut enc;
-        let traffic: [(&str, &str, fn(&TrafficView) -> u64); 3] = [
+        let traffic: [(&str, &str, TrafficField); 3] = [
             ("packets", "Packets forwarded to the", |t| t.packets),
             ("bytes", "Bytes (as received) forwarded to the", |t| t.bytes),
             (
@@ -173,6 +173,9 @@ impl Collector for Snapshot {
     }
 }
 
+/// Reads one of the counters of a [`TrafficView`].
+type TrafficField = fn(&TrafficView) -> u64;
+
 /// The label set of a metric with a single, unlabelled series.
 const NO_LABELS: [(&str, &str); 0] = [];
 
@@ -243,7 +246,7 @@ where
     tracing::info!("metrics endpoint closed");
 }
 
-/// What a request asks for.
+/// What a request is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     Metrics,
@@ -251,6 +254,10 @@ enum Route {
     NotFound,
     MethodNotAllowed,
     BadRequest,
+    /// The request head was over [`MAX_HEAD_BYTES`].
+    TooLarge,
+    /// The request head did not arrive within [`CLIENT_TIMEOUT`].
+    Timeout,
 }
 
 /// Routes a request line such as `GET /metrics?x=1 HTTP/1.1`.
@@ -274,9 +281,6 @@ fn route(request_line: &str) -> Route {
     }
 }
 
-/// Content type of the plain-text answers other than the metrics.
-const TEXT: &str = "text/plain; charset=utf-8";
-
 /// Serves one connection: reads the request head, answers, closes.
 async fn connection<S, Fut>(mut stream: TcpStream, snapshot: S)
 where
@@ -288,54 +292,30 @@ where
         // Closed before a whole request: nobody to answer.
         Ok(Ok(None)) => return,
         Ok(Err(Head::Invalid)) => Route::BadRequest,
-        Ok(Err(Head::TooLarge)) => {
-            let body = "request head over 8 KiB\n";
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                TEXT,
-                body,
-            )
-            .await;
-        }
-        Err(_) => {
-            let body = "no request within 5 s\n";
-            return respond(&mut stream, "408 Request Timeout", TEXT, body).await;
-        }
+        Ok(Err(Head::TooLarge)) => Route::TooLarge,
+        Err(_) => Route::Timeout,
     };
-    let unavailable = "503 Service Unavailable";
     let (status, content_type, body) = match route {
         Route::Metrics => match tokio::time::timeout(SNAPSHOT_TIMEOUT, snapshot()).await {
             Ok(Some(status)) => ("200 OK", prometheus_text::CONTENT_TYPE, render(&status)),
-            Ok(None) => (
-                unavailable,
-                TEXT,
-                "the daemon's status is not available\n".into(),
-            ),
-            Err(_) => (
-                unavailable,
-                TEXT,
-                "the daemon did not give its status in time\n".into(),
-            ),
+            Ok(None) => text(UNAVAILABLE, "the daemon's status is not available\n"),
+            Err(_) => text(UNAVAILABLE, "the daemon did not give its status in time\n"),
         },
-        Route::Index => (
-            "200 OK",
-            TEXT,
-            "failover: Prometheus metrics are at /metrics\n".into(),
-        ),
-        Route::NotFound => (
-            "404 Not Found",
-            TEXT,
-            "not found: metrics are at /metrics\n".into(),
-        ),
-        Route::MethodNotAllowed => (
-            "405 Method Not Allowed",
-            TEXT,
-            "only GET is supported\n".into(),
-        ),
-        Route::BadRequest => ("400 Bad Request", TEXT, "malformed HTTP request\n".into()),
+        Route::Index => text("200 OK", "failover: Prometheus metrics are at /metrics\n"),
+        Route::NotFound => text("404 Not Found", "not found: metrics are at /metrics\n"),
+        Route::MethodNotAllowed => text("405 Method Not Allowed", "only GET is supported\n"),
+        Route::BadRequest => text("400 Bad Request", "malformed HTTP request\n"),
+        Route::TooLarge => text("431 Request Header Fields Too Large", "head over 8 KiB\n"),
+        Route::Timeout => text("408 Request Timeout", "no request within 5 s\n"),
     };
     respond(&mut stream, status, content_type, &body).await;
+}
+
+const UNAVAILABLE: &str = "503 Service Unavailable";
+
+/// A plain-text answer: status line, content type and body.
+fn text(status: &'static str, body: &str) -> (&'static str, &'static str, String) {
+    (status, "text/plain; charset=utf-8", body.to_owned())
 }
 
 /// Why a request head could not be read.
@@ -397,10 +377,27 @@ async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body:
         stream.shutdown().await
     };
     match tokio::time::timeout(CLIENT_TIMEOUT, write).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => linger(stream).await,
         Ok(Err(e)) => tracing::debug!(error = %e, "metrics client went away before the response"),
         Err(_) => tracing::debug!("metrics client did not take the response in time"),
     }
+}
+
+/// Discards what the client still sends (the rest of an oversized head, a body), for at
+/// most a second: closing with unread input resets the connection, and the reset can
+/// destroy the response before the client has read it.
+async fn linger(stream: &mut TcpStream) {
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut left = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 #[cfg(test)]
