@@ -475,7 +475,7 @@ fn operator_drains_disables_and_enables_from_the_cli() {
         "metrics_listen = \"127.0.0.1:9464\"\n{}",
         rig.config("drain_timeout = \"30s\"\n", check, &|_| String::new())
     );
-    let mut daemon = Daemon::start(rig.lab.lb().ns(), &config).expect("daemon");
+    let daemon = Daemon::start(rig.lab.lb().ns(), &config).expect("daemon");
     let client = rig.lab.client().ns();
     let held = Persistent::start(
         client,
