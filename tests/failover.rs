@@ -13,7 +13,7 @@ use failover_tests::{
     daemon::Daemon,
     lab::{
         Lab, Listen, Server,
-        traffic::{Attempt, Persistent, Stream},
+        traffic::{Attempt, Held, Persistent, Stream},
     },
     xdp,
 };
@@ -103,6 +103,18 @@ fn failures(attempts: &[Attempt]) -> Vec<&Attempt> {
     attempts.iter().filter(|a| a.reply.is_err()).collect()
 }
 
+/// No long-lived connection on a backend other than `dead` saw an error.
+fn assert_healthy_undisturbed(held: &[Held], dead: &str) {
+    for h in held {
+        if h.backend.as_deref() != Some(dead) {
+            assert!(
+                h.error.is_none(),
+                "an established connection on a healthy backend was disturbed: {h:?}"
+            );
+        }
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -185,14 +197,7 @@ fn killed_backend_is_out_within_one_interval() {
         after.iter().all(|a| a.backend() != Some("be-2")),
         "be-2 still got new connections after detection"
     );
-    for h in &held {
-        if h.backend.as_deref() != Some("be-2") {
-            assert!(
-                h.error.is_none(),
-                "an established connection on a healthy backend was disturbed: {h:?}"
-            );
-        }
-    }
+    assert_healthy_undisturbed(&held, "be-2");
     assert!(
         held.iter()
             .filter(|h| h.backend.as_deref() != Some("be-2"))
@@ -251,14 +256,7 @@ fn nat_killed_backend_fails_no_connection() {
         failed.len(),
         failed
     );
-    for h in &held {
-        if h.backend.as_deref() != Some("be-2") {
-            assert!(
-                h.error.is_none(),
-                "an established connection on a healthy backend was disturbed: {h:?}"
-            );
-        }
-    }
+    assert_healthy_undisturbed(&held, "be-2");
 }
 
 /// A blackholed backend (its link down: no answer, no reset) is detected by timeout within
@@ -316,14 +314,7 @@ fn blackholed_backend_is_out_by_timeout_and_no_connection_fails() {
         failed.len(),
         failed
     );
-    for h in &held {
-        if h.backend.as_deref() != Some("be-2") {
-            assert!(
-                h.error.is_none(),
-                "an established connection on a healthy backend was disturbed: {h:?}"
-            );
-        }
-    }
+    assert_healthy_undisturbed(&held, "be-2");
 }
 
 /// Active-passive with automatic failback: the backup takes over when the primary dies;

@@ -101,12 +101,4 @@ fn not_a_service(ctx: &XdpContext, l3: &L3, key: &FlowKey) -> Result<u32, Counte
     Err(Counter::PassNotService)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+failover_ebpf::program_boilerplate!();

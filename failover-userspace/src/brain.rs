@@ -151,6 +151,18 @@ pub struct Reloaded {
     pub targets_changed: bool,
 }
 
+/// What the tier selector needs of a service's backends.
+fn inputs<'a>(
+    svc: &'a crate::config::ServiceConfig,
+    states: &[BackendState],
+) -> Vec<BackendInput<'a>> {
+    svc.backends
+        .iter()
+        .zip(states)
+        .map(|(b, st)| BackendInput::new(b, st.status()))
+        .collect()
+}
+
 fn observation(outcome: &Outcome) -> Observation {
     match outcome {
         Outcome::Up => Observation::Up,
@@ -569,12 +581,7 @@ impl Brain {
     fn failback(&mut self, service: &str, now: Instant) -> Result<String, String> {
         let (s, _) = self.find(service, None)?;
         let svc = &self.cfg.services[s];
-        let inputs: Vec<BackendInput<'_>> = svc
-            .backends
-            .iter()
-            .zip(&self.states[s])
-            .map(|(b, st)| BackendInput::new(b, st.status()))
-            .collect();
+        let inputs = inputs(svc, &self.states[s]);
         let sel = self.selectors[s]
             .failback(now, &inputs)
             .map_err(|e| format!("{service}: {e}"))?;
@@ -835,12 +842,7 @@ impl Brain {
         cause: Option<Instant>,
     ) -> Result<(), ProgramError> {
         let svc = &self.cfg.services[s];
-        let inputs: Vec<BackendInput<'_>> = svc
-            .backends
-            .iter()
-            .zip(&self.states[s])
-            .map(|(b, st)| BackendInput::new(b, st.status()))
-            .collect();
+        let inputs = inputs(svc, &self.states[s]);
         let sel = self.selectors[s].select(now, &inputs);
         if self.published[s].as_ref() == Some(&sel) {
             return Ok(());

@@ -43,12 +43,4 @@ fn forward(ctx: &XdpContext) -> Option<u32> {
     Some(xdp_action::XDP_TX)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+failover_ebpf::program_boilerplate!();

@@ -119,12 +119,4 @@ fn strip(ctx: &XdpContext, l2: L2, outer_len: usize, ethertype: u16) -> Option<(
     Some(())
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+failover_ebpf::program_boilerplate!();

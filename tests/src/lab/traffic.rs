@@ -51,39 +51,29 @@ impl Stream {
         count: usize,
         timeout: Duration,
     ) -> Self {
-        let ns_name = ns.name().to_owned();
-        let handle = std::thread::spawn(move || {
-            let ns = Netns::existing(&ns_name);
-            run_in(&ns, move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-                    let mut tick = tokio::time::interval(period);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                    let mut tasks = JoinSet::new();
-                    for i in 0..count {
-                        tick.tick().await;
-                        let started = Instant::now();
-                        tasks.spawn(async move {
-                            (
-                                i,
-                                Attempt {
-                                    started,
-                                    reply: tcp_request(target, i, timeout).await,
-                                },
-                            )
-                        });
-                    }
-                    let mut out: Vec<Option<Attempt>> = vec![None; count];
-                    while let Some(Ok((i, a))) = tasks.join_next().await {
-                        out[i] = Some(a);
-                    }
-                    out.into_iter().flatten().collect()
-                })
-            })
+        let handle = in_background(ns, move || async move {
+            let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut tasks = JoinSet::new();
+            for i in 0..count {
+                tick.tick().await;
+                let started = Instant::now();
+                tasks.spawn(async move {
+                    (
+                        i,
+                        Attempt {
+                            started,
+                            reply: tcp_request(target, i, timeout).await,
+                        },
+                    )
+                });
+            }
+            let mut out: Vec<Option<Attempt>> = vec![None; count];
+            while let Some(Ok((i, a))) = tasks.join_next().await {
+                out[i] = Some(a);
+            }
+            out.into_iter().flatten().collect()
         });
         Self {
             handle: Some(handle),
@@ -125,26 +115,16 @@ impl Persistent {
         period: Duration,
         duration: Duration,
     ) -> Self {
-        let ns_name = ns.name().to_owned();
-        let handle = std::thread::spawn(move || {
-            let ns = Netns::existing(&ns_name);
-            run_in(&ns, move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let mut tasks = JoinSet::new();
-                    for i in 0..count {
-                        tasks.spawn(async move { (i, hold(target, i, period, duration).await) });
-                    }
-                    let mut out = vec![None; count];
-                    while let Some(Ok((i, h))) = tasks.join_next().await {
-                        out[i] = Some(h);
-                    }
-                    out.into_iter().flatten().collect()
-                })
-            })
+        let handle = in_background(ns, move || async move {
+            let mut tasks = JoinSet::new();
+            for i in 0..count {
+                tasks.spawn(async move { (i, hold(target, i, period, duration).await) });
+            }
+            let mut out = vec![None; count];
+            while let Some(Ok((i, h))) = tasks.join_next().await {
+                out[i] = Some(h);
+            }
+            out.into_iter().flatten().collect()
         });
         Self {
             handle: Some(handle),
@@ -158,6 +138,27 @@ impl Persistent {
             .map(|h| h.join().expect("persistent thread panicked"))
             .unwrap_or_default()
     }
+}
+
+/// Runs `work` on a thread of its own inside `ns`, on a current-thread runtime (a
+/// namespace belongs to a thread).
+fn in_background<T, F, Fut>(ns: &Netns, work: F) -> JoinHandle<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let ns_name = ns.name().to_owned();
+    std::thread::spawn(move || {
+        let ns = Netns::existing(&ns_name);
+        run_in(&ns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(work())
+        })
+    })
 }
 
 async fn hold(target: SocketAddr, i: usize, period: Duration, duration: Duration) -> Held {
