@@ -18,7 +18,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need: rust-src, bpf-linker, iproute2, ethtool.
+    /// Install what building and testing need: rust-src, bpf-linker, iproute2.
     Setup,
     /// Run every test: formatting, clippy, unit tests, packet tests, end-to-end tests.
     Test {
