@@ -726,3 +726,60 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
         );
     }
 }
+
+/// Exactly-one (a database primary): while the primary is killed and revived under a
+/// steady stream of new connections, no 50 ms window ever sees two backends take new
+/// connections.
+#[test]
+fn exactly_one_never_serves_two_at_once() {
+    let mut rig = Rig::new(3);
+    let check =
+        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let cfg = rig.config(
+        "exactly_one = true\nfailback = \"auto\"\nfailback_hold = \"500ms\"\n",
+        check,
+        &|_| String::new(),
+    );
+    let mut daemon = Daemon::start(rig.lab.lb().ns(), &cfg).expect("daemon");
+    let stream = Stream::start(
+        rig.lab.client().ns(),
+        vip(),
+        200,
+        800,
+        Duration::from_secs(3),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let active = "be-1"; // best by tier, then weight, then name
+    let index = active.trim_start_matches("be-").parse::<usize>().unwrap() - 1;
+    rig.servers[index].kill9();
+    daemon
+        .wait_for_all(&["backend=be-1", "to=down"], Duration::from_secs(3))
+        .expect("down");
+    std::thread::sleep(Duration::from_millis(700));
+    rig.servers[index].restart().expect("restart");
+    let attempts = stream.join();
+    let start = attempts.iter().map(|a| a.started).min().unwrap();
+    let mut windows: std::collections::BTreeMap<u128, std::collections::BTreeSet<String>> =
+        Default::default();
+    for a in &attempts {
+        if let Some(b) = a.backend() {
+            windows
+                .entry(a.started.duration_since(start).as_millis() / 50)
+                .or_default()
+                .insert(b.to_owned());
+        }
+    }
+    let used: std::collections::BTreeSet<&String> = windows.values().flatten().collect();
+    assert!(
+        used.len() >= 2,
+        "the standby took over at some point: {used:?}"
+    );
+    for (w, backends) in &windows {
+        assert!(
+            backends.len() <= 1,
+            "window {}-{} ms: new connections went to {backends:?}",
+            w * 50,
+            w * 50 + 50
+        );
+    }
+}
