@@ -783,3 +783,52 @@ fn exactly_one_never_serves_two_at_once() {
         );
     }
 }
+
+/// A backend that accepts TCP but whose health endpoint answers HTTP 503 is marked down by
+/// the HTTP check (with the reason), and takes no new connections.
+#[test]
+fn http_503_backend_is_marked_down() {
+    let lab = Lab::new(3).expect("lab");
+    let pass = xdp::pass_on_lb_peer(&lab).expect("pass program");
+    let _servers: Vec<Server> = lab
+        .backends()
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let status = if i == 1 { 503 } else { 200 };
+            let listen = [
+                Listen::Tcp("0.0.0.0:80".parse().unwrap()),
+                Listen::Http("0.0.0.0:8008".parse().unwrap(), status),
+            ];
+            Server::start(b.ns(), &format!("be-{}", i + 1), &listen).expect("server")
+        })
+        .collect();
+    let rig_cfg = Rig {
+        servers: Vec::new(),
+        _pass: pass,
+        lab,
+        mode: "dsr".into(),
+    };
+    let check = "  type = \"http\"\n  port = 8008\n  path = \"/healthz\"\n  status = \"200\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n";
+    let cfg = rig_cfg.config("", check, &|_| String::new());
+    let mut daemon = Daemon::start(rig_cfg.lab.lb().ns(), &cfg).expect("daemon");
+    let _ = daemon.wait_for_all(&["selection published"], Duration::from_secs(2));
+    let status = daemon.log.join("\n");
+    assert!(
+        status.contains("backend=be-2 from=unknown to=down reason=HTTP 503"),
+        "{status}"
+    );
+    let replies = failover_tests::lab::client::tcp_requests(
+        rig_cfg.lab.client().ns(),
+        vip(),
+        60,
+        Duration::from_secs(2),
+        8,
+    );
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
+        "{replies:?}"
+    );
+}

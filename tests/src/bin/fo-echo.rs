@@ -32,14 +32,28 @@ struct Cli {
     /// A UDP address to serve (repeatable); IPv6 sockets are IPv6-only.
     #[arg(long)]
     udp: Vec<SocketAddr>,
+    /// `ADDR=STATUS`: an HTTP endpoint answering every request with that status (a health
+    /// endpoint, for HTTP checks; repeatable).
+    #[arg(long)]
+    http: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ensure!(
-        !cli.tcp.is_empty() || !cli.udp.is_empty(),
-        "nothing to serve: give --tcp ADDR or --udp ADDR"
+        !cli.tcp.is_empty() || !cli.udp.is_empty() || !cli.http.is_empty(),
+        "nothing to serve: give --tcp ADDR, --udp ADDR or --http ADDR=STATUS"
     );
+    for spec in &cli.http {
+        let (addr, status) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--http {spec}: expected ADDR=STATUS"))?;
+        let addr: SocketAddr = addr.parse()?;
+        let status: u16 = status.parse()?;
+        let listener = TcpListener::bind(addr)?;
+        let name = cli.name.clone();
+        std::thread::spawn(move || serve_http(&listener, &name, status));
+    }
     // Bind everything before saying "ready", so the lab knows every socket is there.
     let listeners = cli
         .tcp
@@ -100,6 +114,24 @@ fn serve_tcp(listener: &TcpListener, name: &Arc<str>) {
             }
             Err(e) => eprintln!("fo-echo {name}: accept: {e}"),
         }
+    }
+}
+
+/// Answers every HTTP request with `status` (reads the head, answers, closes).
+fn serve_http(listener: &TcpListener, name: &str, status: u16) {
+    for stream in listener.incoming().flatten() {
+        let mut reader = BufReader::new(&stream);
+        let mut line = Vec::new();
+        // The request head ends with an empty line.
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 2) {
+            line.clear();
+        }
+        let body = format!("{name} {status}\n");
+        let reply = format!(
+            "HTTP/1.1 {status} Status\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = (&stream).write_all(reply.as_bytes());
     }
 }
 

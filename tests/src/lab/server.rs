@@ -27,6 +27,8 @@ pub enum Listen {
     /// A UDP socket: each datagram is answered with `"{name} {datagram}"`, sent from the
     /// address the datagram was sent to (so direct-server-return replies come from the VIP).
     Udp(SocketAddr),
+    /// An HTTP endpoint answering every request with this status (for HTTP checks).
+    Http(SocketAddr, u16),
 }
 
 impl Listen {
@@ -46,6 +48,7 @@ impl Listen {
         match self {
             Listen::Tcp(addr) => ["--tcp".into(), addr.to_string()],
             Listen::Udp(addr) => ["--udp".into(), addr.to_string()],
+            Listen::Http(addr, status) => ["--http".into(), format!("{addr}={status}")],
         }
     }
 }
