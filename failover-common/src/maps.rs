@@ -46,5 +46,7 @@ pub const PLACEHOLDER_ENTRIES: u32 = 1024;
 pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
 /// `HashMap<u32, [u8; 8]>` of the bench baseline program: IPv4 destination to next-hop MAC.
 pub const BASELINE_TARGETS: &str = "BASELINE_TARGETS";
+/// `PerCpuArray<u64>` (one slot) of the bench baseline program: packets it transmitted.
+pub const BASELINE_SENT: &str = "BASELINE_SENT";
 /// The bench baseline program.
 pub const PROG_BASELINE: &str = "failover_baseline";

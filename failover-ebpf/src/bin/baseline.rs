@@ -7,7 +7,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use failover_common::PROTO_TCP;
@@ -16,6 +16,11 @@ use failover_ebpf::parse::{ETH_P_IP, EthHdr, Ipv4Hdr, TcpHdr, copy_mac, ptr_at};
 /// IPv4 destination -> next-hop MAC (padded to 8 bytes).
 #[map]
 static BASELINE_TARGETS: HashMap<u32, [u8; 8]> = HashMap::with_max_entries(1024, 0);
+
+/// Packets transmitted (per CPU), so a live-traffic bench can count what it forwarded,
+/// as it counts the load balancer's.
+#[map]
+static BASELINE_SENT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn failover_baseline(ctx: XdpContext) -> u32 {
@@ -39,6 +44,9 @@ fn forward(ctx: &XdpContext) -> Option<u32> {
     unsafe {
         copy_mac(&raw mut (*eth).src, &raw const (*eth).dst);
         copy_mac(&raw mut (*eth).dst, mac.as_ptr().cast());
+    }
+    if let Some(n) = BASELINE_SENT.get_ptr_mut(0) {
+        unsafe { *n += 1 };
     }
     Some(xdp_action::XDP_TX)
 }

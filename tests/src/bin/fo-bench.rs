@@ -22,7 +22,7 @@ use failover::{
 };
 use failover_common::{
     Counter,
-    maps::{BASELINE_TARGETS, PROG_BALANCER, PROG_BASELINE},
+    maps::{BASELINE_SENT, BASELINE_TARGETS, PROG_BALANCER, PROG_BASELINE},
 };
 use failover_tests::rig::{Rig, XDP_PASS, XDP_TX};
 
@@ -288,6 +288,189 @@ fn switch_times(names: &[String]) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
+const GEN_MAC: [u8; 6] = [2, 0, 0, 0, 0xaa, 1];
+const LB_MAC_LIVE: [u8; 6] = [2, 0, 0, 0, 0xbb, 1];
+
+fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    anyhow::ensure!(i != 0, "no interface {name}");
+    Ok(i)
+}
+
+/// The generator: the baseline program in live-frames mode on `ifname`, its XDP_TX
+/// pushing `count` copies of `pkt` out of the veth. Returns the seconds it took.
+fn generate(ifname: &str, pkt: &[u8], count: u32) -> anyhow::Result<f64> {
+    use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
+    let mut ebpf = loader::load_aux(BASELINE_OBJECT, "failover-baseline", PROG_BASELINE)?;
+    let mut targets: aya::maps::HashMap<_, u32, [u8; 8]> =
+        aya::maps::HashMap::try_from(ebpf.map_mut(BASELINE_TARGETS).context("baseline map")?)?;
+    let m = LB_MAC_LIVE;
+    targets.insert(
+        u32::from_ne_bytes([198, 18, 0, 10]),
+        [m[0], m[1], m[2], m[3], m[4], m[5], 0, 0],
+        0,
+    )?;
+    let index = ifindex(ifname)?;
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let words = [0u32, pkt.len() as u32, 0, index, 0, 0];
+    let ctx: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let prog = loader::xdp_mut(&mut ebpf, PROG_BASELINE)?;
+    let t = Instant::now();
+    prog.test_run(TestRunOptions {
+        data_in: Some(pkt),
+        ctx_in: Some(&ctx),
+        repeat: count,
+        attrs: TestRunAttrs::new().xdp_live_frames(64),
+        ..Default::default()
+    })?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Forwarded packets per second, load balancer and baseline, each attached in turn to the
+/// receiving end of a veth pair and fed by the same generator (medians of 3 runs).
+fn live_pps(args: &Args) -> anyhow::Result<(f64, f64)> {
+    use failover_tests::lab::{Netns, run_in};
+    let id = std::process::id() % 10_000;
+    let (gen_ns, lb_ns) = (
+        Netns::new(&format!("fo-bgen-{id}"))?,
+        Netns::new(&format!("fo-blb-{id}"))?,
+    );
+    let (gen_if, lb_if) = (format!("fobg{id}"), format!("fobl{id}"));
+    let ip = |a: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("ip").args(a).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ip {}: {}",
+            a.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    ip(&[
+        "link",
+        "add",
+        &gen_if,
+        "netns",
+        gen_ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &lb_if,
+        "netns",
+        lb_ns.name(),
+    ])?;
+    let mac = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    ip(&[
+        "-n",
+        gen_ns.name(),
+        "link",
+        "set",
+        &gen_if,
+        "address",
+        &mac(GEN_MAC),
+        "up",
+    ])?;
+    ip(&[
+        "-n",
+        lb_ns.name(),
+        "link",
+        "set",
+        &lb_if,
+        "address",
+        &mac(LB_MAC_LIVE),
+        "up",
+    ])?;
+    let pkt = {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(GEN_MAC, LB_MAC_LIVE)
+            .ipv4([198, 18, 0, 2], [198, 18, 0, 10], 64)
+            .tcp(40_000, 80, 1, 65535)
+            .ack(1)
+            .write(&mut v, &[0u8; 10])?;
+        v
+    };
+    let count = (args.packets * 3).max(1_000_000);
+    let config = format!(
+        "interface = \"{lb_if}\"\nflow_capacity = 65536\n[[service]]\nname = \"web\"\nvip = \"198.18.0.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n  [service.check]\n  type = \"none\"\n  [[service.backend]]\n  name = \"gen\"\n  address = \"198.18.0.2\"\n"
+    );
+    let mut ours = Vec::new();
+    {
+        let lb_if2 = lb_if.clone();
+        let mut rig = run_in(&lb_ns, move || -> anyhow::Result<Rig> {
+            let cfg = Config::parse(&config, "live.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+            let plan = layout::plan(&cfg);
+            let mut dp = failover::dataplane::Dataplane::new(loader::load_balancer(
+                &plan.sizes,
+                cfg.xdp_log_level,
+            )?)?;
+            failover::program::apply(&mut dp, &cfg, &plan, &|_| GEN_MAC, &|_, _| true)?;
+            loader::attach(
+                dp.ebpf_mut(),
+                PROG_BALANCER,
+                &lb_if2,
+                loader::AttachMode::Native,
+            )?;
+            Ok(Rig {
+                cfg,
+                layout: plan,
+                dp,
+            })
+        })?;
+        for _ in 0..3 {
+            let before = rig.dp.service_traffic(0)?.packets;
+            let secs = run_in(&gen_ns, || generate(&gen_if, &pkt, count))?;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            ours.push((rig.dp.service_traffic(0)?.packets - before) as f64 / secs);
+        }
+        let _ = &mut rig;
+    }
+    let mut base = Vec::new();
+    {
+        let lb_if2 = lb_if.clone();
+        let mut ebpf = run_in(&lb_ns, move || -> anyhow::Result<aya::Ebpf> {
+            let mut ebpf = loader::load_aux(BASELINE_OBJECT, "failover-baseline", PROG_BASELINE)?;
+            let mut t: aya::maps::HashMap<_, u32, [u8; 8]> = aya::maps::HashMap::try_from(
+                ebpf.map_mut(BASELINE_TARGETS).context("baseline map")?,
+            )?;
+            let m = GEN_MAC;
+            t.insert(
+                u32::from_ne_bytes([198, 18, 0, 10]),
+                [m[0], m[1], m[2], m[3], m[4], m[5], 0, 0],
+                0,
+            )?;
+            loader::attach(
+                &mut ebpf,
+                PROG_BASELINE,
+                &lb_if2,
+                loader::AttachMode::Native,
+            )?;
+            Ok(ebpf)
+        })?;
+        let sent = |ebpf: &aya::Ebpf| -> anyhow::Result<u64> {
+            let a: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(
+                ebpf.map(BASELINE_SENT).context("baseline counter")?,
+            )?;
+            Ok(a.get(&0, 0)?.iter().sum())
+        };
+        for _ in 0..3 {
+            let before = sent(&ebpf)?;
+            let secs = run_in(&gen_ns, || generate(&gen_if, &pkt, count))?;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            base.push((sent(&ebpf)? - before) as f64 / secs);
+        }
+        let _ = &mut ebpf;
+    }
+    Ok((median(ours), median(base)))
+}
+
 fn big_config() -> String {
     let mut s = String::from("interface = \"lo\"\nflow_capacity = 1048576\n");
     for svc in 0..100 {
@@ -436,6 +619,22 @@ fn main() -> anyhow::Result<()> {
         "map switch (one backend of 100 changes, 65537 slots: Maglev + write + flip): {:.3} ms (median of 101)",
         switch / 1e6
     );
+
+    // Live traffic: 64-byte frames pushed through a veth into the attached program.
+    match live_pps(&bench.args) {
+        Ok((ours, base)) => {
+            summary.insert("live_pps".into(), ours);
+            summary.insert("live_baseline_pps".into(), base);
+            summary.insert("live_ratio".into(), ours / base);
+            println!(
+                "live frames through a veth (one generator core): load balancer {:.2} Mpps forwarded, baseline {:.2} Mpps ({:.2}x)",
+                ours / 1e6,
+                base / 1e6,
+                ours / base
+            );
+        }
+        Err(e) => anyhow::bail!("live-frames bench failed: {e:#}"),
+    }
 
     // Memory, sized from the config.
     for (label, text) in [
