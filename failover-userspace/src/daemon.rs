@@ -193,6 +193,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut refresh = tokio::time::interval(NEIGHBOR_REFRESH);
     refresh.tick().await;
     let mut log_tick = tokio::time::interval(Duration::from_millis(100));
+    // systemd's watchdog (WatchdogSec=): pinged from the brain's loop, so a wedged brain
+    // gets the daemon restarted (forwarding goes on from the pinned tables meanwhile).
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let (macs_tx, mut fresh_macs) = mpsc::channel(1);
     loop {
         let next = brain.next_deadline().map(tokio::time::Instant::from_std);
@@ -217,6 +222,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 guard.clear_ready();
             }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[sd_notify::NotifyState::Watchdog]),
             _ = log_tick.tick(), if logger.is_some() => {
                 if let Some(l) = logger.as_mut() { l.flush() }
             }

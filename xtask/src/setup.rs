@@ -54,10 +54,14 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// iproute2 for the namespace lab and the daemon's neighbour lookups (the lab turns
+/// iproute2 for the namespace lab and the daemon's neighbour lookups, systemd-analyze (the lab turns
 /// checksum offload off through the kernel's ethtool ioctl: no ethtool package needed).
 fn debian_packages() -> anyhow::Result<()> {
-    let wanted = [("ip", "-V", "iproute2")];
+    let wanted = [
+        ("ip", "-V", "iproute2"),
+        // The test of the shipped unit file runs `systemd-analyze verify`.
+        ("systemd-analyze", "--version", "systemd"),
+    ];
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(prog, arg, _)| !have(prog, arg))
