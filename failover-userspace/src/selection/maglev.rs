@@ -187,12 +187,28 @@ fn permutation(key: &str, size: u32) -> (u32, u32) {
     (offset as u32, skip as u32)
 }
 
-/// How many slots of its permutation a backend checks per step of [`Walker::probe`].
+/// Up to what share of the table (in 1024ths) a walker checks one slot of its permutation per
+/// step: while most slots are free the first one usually is, and one load is cheapest.
 ///
-/// Checking several at once turns "is the next slot free?", a coin toss once the table is
-/// half full, into "is any of the next eight free?", which the branch predictor gets right
-/// far more often, and lets the loads overlap.
-const LANES: usize = 12;
+/// This and [`MASKED_UNTIL`] were tuned on 100 backends and 65537 slots, with a different
+/// backend set for every fill. (Filling the same table over and over, as a timing loop does,
+/// lets the branch predictor learn the outcomes and favours a later switch: 450 was about 5%
+/// faster there and 4% slower on fresh inputs.) Whether "is it free?" is true is a coin toss
+/// the predictor mostly loses as the table fills, and a mispredicted branch, with the cache
+/// miss that decides it, costs more than several extra loads, so the probes check more slots
+/// per step as the table fills.
+const SINGLE_UNTIL: u64 = 300;
+
+/// Up to what share it checks [`MASKED`] slots per step and takes the first free one.
+const MASKED_UNTIL: u64 = 970;
+
+/// Slots checked per step by [`Walker::probe_masked`].
+const MASKED: usize = 4;
+
+/// Slots checked per step by [`Walker::probe_wide`], from [`MASKED_UNTIL`] until
+/// [`SEARCH_BELOW`] slots are left: most steps then find nothing, so a step only ORs its
+/// flags and the one that finds a slot works out which.
+const WIDE: usize = 8;
 
 /// When this few slots are left, stop walking permutations and search the free slots instead.
 ///
@@ -201,11 +217,12 @@ const LANES: usize = 12;
 /// 40% of the time.
 const SEARCH_BELOW: u32 = 128;
 
-/// `(a + b) mod m` for `a < m` and `b <= m`, without a division.
+/// `(a + b) mod m` for `a < m` and `b <= m`, without a division: when `a + b < m` the
+/// subtraction wraps to a larger number and `min` keeps the sum.
 #[inline(always)]
 fn add_mod(a: u32, b: u32, m: u32) -> u32 {
     let sum = a + b;
-    if sum >= m { sum - m } else { sum }
+    sum.min(sum.wrapping_sub(m))
 }
 
 /// `a^-1 mod p` for prime `p` and `0 < a < p`, by the extended Euclidean algorithm.
@@ -221,115 +238,200 @@ fn inverse_mod(a: u32, p: u32) -> u32 {
     t0.rem_euclid(i64::from(p)) as u32
 }
 
-/// Which slots are taken, one byte each (1 when taken) so a check is a single load. `out` is
-/// never read: it may be a memory-mapped BPF array.
+/// Greatest common divisor.
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Which slots are still free: one byte each, 1 while free, so a check is one load and
+/// several checks combine with `|`. `out` is never read: it may be a memory-mapped BPF array.
 ///
-/// The flags are kept twice: byte `slot` and byte `slot + size` both say whether `slot` is
-/// taken, so a probe may ask about `base + stride` (below `2 · size`) without reducing it.
-struct Taken {
+/// Every flag is kept twice, at `slot` and at `slot + size`, so a walker can check
+/// `base + stride` (below `2 · size` for `base` and `stride` below `size`) without reducing it.
+struct Open {
+    /// `2 · size` flags.
     flags: Vec<u8>,
     size: u32,
 }
 
-impl Taken {
+impl Open {
     fn new(size: u32) -> Self {
         Self {
-            flags: vec![0; 2 * size as usize],
+            flags: vec![1; 2 * size as usize],
             size,
         }
     }
 
-    /// 1 if slot `at mod size` is taken, else 0, for `at < 2 · size`.
+    /// The flag of slot `at`.
+    ///
+    /// # Safety
+    ///
+    /// `at < size`.
     #[inline(always)]
-    fn get(&self, at: u32) -> u8 {
-        self.flags[at as usize]
+    unsafe fn get(&self, at: u32) -> u8 {
+        debug_assert!(at < self.size);
+        // SAFETY: the caller guarantees `at < size`, and there are `2 · size` flags.
+        unsafe { *self.flags.get_unchecked(at as usize) }
     }
 
-    /// Marks `slot` (below `size`) taken.
+    /// A pointer to the flag of slot `base`, which must be below `size`. The flag of slot
+    /// `(base + stride) mod size` is then at `.add(stride)` for any `stride < size`, within
+    /// the `2 · size` flags, so a probe reads each flag with one instruction. (A slice and
+    /// `get_unchecked` make the compiler add `base` to every index separately.)
     #[inline(always)]
-    fn set(&mut self, slot: u32) {
-        self.flags[slot as usize] = 1;
-        self.flags[(slot + self.size) as usize] = 1;
+    fn flags_from(&self, base: u32) -> *const u8 {
+        debug_assert!(base < self.size);
+        self.flags.as_ptr().wrapping_add(base as usize)
     }
 
-    /// The slots not yet taken, in increasing order. Skips full 64-slot blocks with one
-    /// vectorisable check: a byte-by-byte scan of a 65537-slot table costs as much as the
-    /// last hundred slots it saves.
+    /// Marks `slot` taken.
+    ///
+    /// # Safety
+    ///
+    /// `slot < size`.
+    #[inline(always)]
+    unsafe fn take(&mut self, slot: u32) {
+        let (low, high) = (slot as usize, (slot + self.size) as usize);
+        debug_assert!(high < self.flags.len());
+        // SAFETY: `slot < size`, so both are below `2 · size`, the length of `flags`.
+        unsafe {
+            *self.flags.get_unchecked_mut(low) = 0;
+            *self.flags.get_unchecked_mut(high) = 0;
+        }
+    }
+
+    /// The slots still free, in increasing order. By the time this runs nearly all flags are
+    /// 0, so it reads them as words, skips 64 at a time, and finds the free slots of a word
+    /// from its set bits (a flag is 0 or 1, so each free slot sets exactly one bit).
     fn free_slots(&self) -> Vec<u32> {
-        let mut free = Vec::new();
+        let word = |eight: &[u8]| u64::from_le_bytes(eight.try_into().unwrap_or_default());
         let flags = &self.flags[..self.size as usize];
-        for (block, flags) in (0u32..).step_by(64).zip(flags.chunks(64)) {
-            if flags.iter().fold(1, |all, &taken| all & taken) == 1 {
+        let mut free = Vec::new();
+        let mut blocks = flags.chunks_exact(64);
+        for (first, block) in (0u32..).step_by(64).zip(&mut blocks) {
+            let words: [u64; 8] = std::array::from_fn(|j| word(&block[8 * j..8 * j + 8]));
+            if words.iter().fold(0, |any, &w| any | w) == 0 {
                 continue;
             }
-            let slots = (block..).zip(flags).filter(|&(_, &taken)| taken == 0);
-            free.extend(slots.map(|(slot, _)| slot));
+            for (first, mut bits) in (first..).step_by(8).zip(words) {
+                while bits != 0 {
+                    free.push(first + bits.trailing_zeros() / 8);
+                    bits &= bits - 1;
+                }
+            }
         }
+        let rest = blocks.remainder();
+        let first = (flags.len() - rest.len()) as u32;
+        let open = (first..).zip(rest).filter(|&(_, &flag)| flag != 0);
+        free.extend(open.map(|(slot, _)| slot));
         free
     }
 }
 
-/// One backend's progress through its permutation.
+/// One backend's progress through its permutation. Aligned so that everything a turn reads
+/// of it is one cache line.
+#[repr(C, align(64))]
 struct Walker {
     /// The next slot of its permutation to try.
     next: u32,
-    /// `strides[k] = k · skip mod size`, for `k` in `0..=LANES`: the offsets of the slots one
-    /// step of `probe` checks, and (last) how far the step moves.
-    strides: [u32; LANES + 1],
-    /// `skip^-1 mod size`, which turns a slot back into its distance along the permutation.
-    inverse_skip: u32,
     /// The value written into its slots.
     id: u32,
+    /// `strides[k] = k · skip mod size`, for `k` in `0..=WIDE`: the offsets from `next` of the
+    /// slots one probing step checks, and (the one after those) how far the step moves.
+    strides: [u32; WIDE + 1],
 }
 
 impl Walker {
     fn new(backend: &MaglevBackend<'_>, size: u32) -> Self {
         let (offset, skip) = permutation(backend.key, size);
-        let mut strides = [0; LANES + 1];
-        for k in 1..=LANES {
+        let mut strides = [0; WIDE + 1];
+        for k in 1..=WIDE {
             strides[k] = add_mod(strides[k - 1], skip, size);
         }
         Self {
             next: offset,
-            strides,
-            inverse_skip: inverse_mod(skip, size),
             id: backend.id,
+            strides,
         }
     }
 
-    /// The first slot not yet taken, walking the permutation from `next`. Ends because the
-    /// permutation visits every slot and the caller knows one is free.
+    /// The first free slot of the permutation from `next`, one slot per step. Every probe
+    /// ends because the permutation visits every slot and the caller knows one is free.
     #[inline(always)]
-    fn probe(&self, taken: &Taken, size: u32) -> u32 {
-        let mut base = self.next;
-        // `base + stride < 2 · size`: `Taken` answers for it without a reduction.
-        let lanes = &self.strides[..LANES];
-        while lanes
-            .iter()
-            .map(|&stride| u32::from(taken.get(base + stride)))
-            .sum::<u32>()
-            == LANES as u32
-        {
-            base = add_mod(base, self.strides[LANES], size);
+    fn probe_single(&self, open: &Open, size: u32) -> u32 {
+        let mut at = self.next;
+        // SAFETY: `next` is below `size`, and so is every `add_mod` result.
+        while unsafe { open.get(at) } == 0 {
+            at = add_mod(at, self.strides[1], size);
         }
-        let mut free = 0u32;
-        for (lane, &stride) in lanes.iter().enumerate() {
-            free |= u32::from(taken.get(base + stride) ^ 1) << lane;
-        }
-        add_mod(base, self.strides[free.trailing_zeros() as usize], size)
+        at
     }
 
-    /// The index in `free` (not empty) of the slot `probe` would find: the one fewest steps
+    /// The same, checking [`MASKED`] slots per step: their flags make a bit mask whose lowest
+    /// set bit is the first free one.
+    #[inline(always)]
+    fn probe_masked(&self, open: &Open, size: u32) -> u32 {
+        let strides: [usize; MASKED] = std::array::from_fn(|k| self.strides[k] as usize);
+        let mut base = self.next;
+        loop {
+            let flags = open.flags_from(base);
+            // SAFETY: `base` and the strides are below `size` (see `Open::flags_from`).
+            let mut mask = u32::from(unsafe { *flags });
+            for (lane, &stride) in strides.iter().enumerate().skip(1) {
+                // SAFETY: as above.
+                mask += u32::from(unsafe { *flags.add(stride) }) << lane;
+            }
+            if mask != 0 {
+                let lane = mask.trailing_zeros() as usize % MASKED;
+                return add_mod(base, self.strides[lane], size);
+            }
+            base = add_mod(base, self.strides[MASKED], size);
+        }
+    }
+
+    /// The same, checking [`WIDE`] slots per step, for a nearly full table: a step only ORs
+    /// the flags, and only the step that finds something builds the mask.
+    #[inline(always)]
+    fn probe_wide(&self, open: &Open, size: u32) -> u32 {
+        let strides: [usize; WIDE] = std::array::from_fn(|k| self.strides[k] as usize);
+        let mut base = self.next;
+        let flags = loop {
+            let flags = open.flags_from(base);
+            // SAFETY: `base` and the strides are below `size` (see `Open::flags_from`).
+            let mut any = unsafe { *flags };
+            for &stride in &strides[1..] {
+                // SAFETY: as above.
+                any |= unsafe { *flags.add(stride) };
+            }
+            if any != 0 {
+                break flags;
+            }
+            base = add_mod(base, self.strides[WIDE], size);
+        };
+        // SAFETY: as above.
+        let mut mask = u32::from(unsafe { *flags });
+        for (lane, &stride) in strides.iter().enumerate().skip(1) {
+            // SAFETY: as above.
+            mask += u32::from(unsafe { *flags.add(stride) }) << lane;
+        }
+        let lane = mask.trailing_zeros() as usize % WIDE;
+        add_mod(base, self.strides[lane], size)
+    }
+
+    /// The index in `free` (not empty) of the slot the probes would find: the one fewest steps
     /// along the permutation from `next`. That distance is `(slot - next) · skip^-1 mod size`,
     /// with the `mod` done by Barrett reduction (`reciprocal = ⌊(2^64 - 1) / size⌋`), since
     /// the product is below 2^48.
     #[inline(always)]
-    fn search(&self, free: &[u32], size: u32, reciprocal: u64) -> usize {
+    fn search(&self, free: &[u32], inverse_skip: u32, size: u32, reciprocal: u64) -> usize {
         let size64 = u64::from(size);
         let mut best = (u64::MAX, 0);
         for (index, &slot) in free.iter().enumerate() {
             let product =
-                u64::from(add_mod(slot, size - self.next, size)) * u64::from(self.inverse_skip);
+                u64::from(add_mod(slot, size - self.next, size)) * u64::from(inverse_skip);
             let quotient = ((u128::from(product) * u128::from(reciprocal)) >> 64) as u64;
             // The estimated quotient is at most one short.
             let mut distance = product - quotient * size64;
@@ -344,12 +446,172 @@ impl Walker {
     }
 }
 
+/// A table being filled: how many slots are taken, which are still free, and the table.
+struct Filling<'a> {
+    filled: u32,
+    open: Open,
+    out: &'a mut [u32],
+}
+
+impl Filling<'_> {
+    /// While the table is less than `until` full, gives the first of `turns` (indices into
+    /// `walkers`) their turns, in order, and drops them from `turns`. `probe` finds each
+    /// walker's slot.
+    fn take_turns_until(
+        &mut self,
+        until: u32,
+        turns: &mut &[u32],
+        walkers: &mut [Walker],
+        probe: impl Fn(&Walker, &Open, u32) -> u32,
+    ) {
+        let count = turns.len().min(until.saturating_sub(self.filled) as usize);
+        if count > 0 {
+            let (now, later) = turns.split_at(count);
+            take_turns(walkers, now, &mut self.open, self.out, probe);
+            self.filled += count as u32;
+            *turns = later;
+        }
+    }
+}
+
+/// Gives each walker in `turns` its turn, in order. Kept out of line, one copy per probe, so
+/// each loop gets the registers to itself.
+#[inline(never)]
+fn take_turns(
+    walkers: &mut [Walker],
+    turns: &[u32],
+    open: &mut Open,
+    out: &mut [u32],
+    probe: impl Fn(&Walker, &Open, u32) -> u32,
+) {
+    let size = open.size;
+    debug_assert_eq!(out.len(), size as usize);
+    for &turn in turns {
+        let w = &mut walkers[turn as usize];
+        let slot = probe(w, open, size);
+        // SAFETY: probes return slots below `size`, which is `out.len()`. Unchecked because
+        // with these three bounds checks the whole fill took about a third longer (100
+        // backends, 65537 slots): their panic paths cost the loop the registers it needs.
+        unsafe {
+            open.take(slot);
+            *out.get_unchecked_mut(slot as usize) = w.id;
+        }
+        w.next = add_mod(slot, w.strides[1], size);
+    }
+}
+
+/// Walkers per [`Credits`] block.
+const BLOCK: usize = 64;
+
+/// The weighted turn rule for up to [`BLOCK`] walkers, laid out so one round is a few
+/// vector instructions per four walkers. Unused places have weight 0 and never get a turn.
+struct Credits {
+    /// Weight earned and not yet spent on a turn: always below the largest weight.
+    credit: [u32; BLOCK],
+    weight: [u32; BLOCK],
+    /// The largest weight minus `weight`: a walker takes a turn when its credit reaches it.
+    gap: [u32; BLOCK],
+}
+
+/// The order in which walkers take turns (indices into `Plan::walkers`), round after round.
+///
+/// In round `r` walker `i` takes a turn when `⌊(r+1)·w_i / w_max⌋ > ⌊r·w_i / w_max⌋`, that is
+/// when its running credit reaches `w_max`. The pattern repeats every `w_max / g` rounds,
+/// `g` being the gcd of the weights (after that many rounds every credit is back to 0); when
+/// the table fills within fewer rounds than that, rounds are worked out one at a time
+/// instead.
+struct Schedule {
+    blocks: Vec<Credits>,
+    max_weight: u32,
+    /// The current round, or the whole period when `repeats`.
+    turns: Vec<u32>,
+    /// Whether `turns` holds a whole period, to be replayed forever.
+    repeats: bool,
+}
+
+impl Schedule {
+    /// For walkers with these weights (all above 0) filling `size` slots.
+    fn new(weights: &[u32], size: u32) -> Self {
+        let max_weight = weights.iter().copied().max().unwrap_or(1);
+        let mut blocks: Vec<Credits> = (0..weights.len().div_ceil(BLOCK))
+            .map(|_| Credits {
+                credit: [0; BLOCK],
+                weight: [0; BLOCK],
+                gap: [u32::MAX; BLOCK],
+            })
+            .collect();
+        for (i, &w) in weights.iter().enumerate() {
+            blocks[i / BLOCK].weight[i % BLOCK] = w;
+            blocks[i / BLOCK].gap[i % BLOCK] = max_weight - w;
+        }
+        let mut schedule = Self {
+            blocks,
+            max_weight,
+            turns: Vec::with_capacity(weights.len()),
+            repeats: false,
+        };
+
+        // Rounds to fill the table: each hands out Σw / w_max turns on average.
+        let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+        let rounds = (u64::from(size) * u64::from(max_weight)).div_ceil(total) + 1;
+        let g = weights.iter().fold(max_weight, |g, &w| gcd(g, w));
+        let period = max_weight / g;
+        if u64::from(period) <= rounds {
+            // A walker takes `w / g` turns per period; at most about one table's worth.
+            let turns: u64 = weights.iter().map(|&w| u64::from(w / g)).sum();
+            schedule.turns.reserve_exact(turns as usize);
+            for _ in 0..period {
+                schedule.round();
+            }
+            schedule.repeats = true;
+        }
+        schedule
+    }
+
+    /// The turns of the next round, or of the next period.
+    #[inline(always)]
+    fn next(&mut self) -> &[u32] {
+        if !self.repeats {
+            self.turns.clear();
+            self.round();
+        }
+        &self.turns
+    }
+
+    /// Appends the turns of one round to `turns`.
+    fn round(&mut self) {
+        let max = self.max_weight;
+        for (first, block) in (0u32..).step_by(BLOCK).zip(&mut self.blocks) {
+            let mut due = [0u8; BLOCK];
+            let walkers = block.credit.iter_mut().zip(&block.weight).zip(&block.gap);
+            for (due, ((credit, &weight), &gap)) in due.iter_mut().zip(walkers) {
+                let turn = u32::from(*credit >= gap);
+                // `credit + weight - max` when the walker takes its turn, else
+                // `credit + weight`; the result is below `max`, so wrapping is exact.
+                *credit = credit
+                    .wrapping_add(weight)
+                    .wrapping_sub(max & turn.wrapping_neg());
+                *due = turn as u8;
+            }
+            // Eight 0-or-1 bytes to eight bits at a time (the multiplication moves byte `j`'s
+            // bit to bit `56 + j`, with no carries), then the set bits in order.
+            let mut mask = 0u64;
+            for (j, eight) in due.chunks_exact(8).enumerate() {
+                let bytes = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+                mask |= (bytes.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * j);
+            }
+            while mask != 0 {
+                self.turns.push(first + mask.trailing_zeros());
+                mask &= mask - 1;
+            }
+        }
+    }
+}
+
 /// A validated request: the backends that get slots, in key order, ready to fill a table.
 struct Plan {
     walkers: Vec<Walker>,
-    /// Each walker's weight, widened so the credit arithmetic cannot overflow.
-    weights: Vec<u64>,
-    max_weight: u64,
+    schedule: Schedule,
 }
 
 impl Plan {
@@ -380,90 +642,71 @@ impl Plan {
             });
         }
 
-        let active = sorted.iter().filter(|b| b.weight > 0).count();
-        if active == 0 {
+        sorted.retain(|b| b.weight > 0);
+        if sorted.is_empty() {
             return Ok(None);
         }
-        if (size as usize) < active {
+        if (size as usize) < sorted.len() {
             return Err(MaglevError::TooSmall {
                 size,
-                backends: active,
+                backends: sorted.len(),
             });
         }
-        let active = sorted.iter().filter(|b| b.weight > 0);
-        let walkers: Vec<Walker> = active.clone().map(|b| Walker::new(b, size)).collect();
-        let weights: Vec<u64> = active.map(|b| u64::from(b.weight)).collect();
-        let max_weight = weights.iter().copied().max().unwrap_or(1);
+        let walkers = sorted.iter().map(|b| Walker::new(b, size)).collect();
+        let weights: Vec<u32> = sorted.iter().map(|b| b.weight).collect();
         Ok(Some(Self {
             walkers,
-            weights,
-            max_weight,
+            schedule: Schedule::new(&weights, size),
         }))
     }
 
     /// Fills `out` (whose length `Plan::new` checked): every slot written once, none read.
     ///
-    /// This is Maglev's population loop; `probe` and `search` are two ways of finding the
-    /// same slot, and the tests check the result against a plain one-slot-at-a-time walk.
+    /// This is Maglev's population loop. The four ways of finding a walker's next slot
+    /// (`probe_single`, `probe_masked`, `probe_wide` and `search`) find the same slot, each
+    /// fastest at a different fill; the tests check the result against a plain
+    /// one-slot-at-a-time walk.
     fn fill(&mut self, out: &mut [u32]) {
         let size = out.len() as u32;
-        let reciprocal = u64::MAX / u64::from(size);
         let search_from = size.saturating_sub(SEARCH_BELOW);
-        let mut taken = Taken::new(size);
-        let mut free = Vec::new();
-        let mut filled = 0u32;
-        // The walkers that take a turn this round, in key order. With equal weights that is
-        // every walker every round, and the list never changes.
-        let mut turns: Vec<u32> = (0..self.walkers.len() as u32).collect();
-        let equal = self.weights.iter().all(|&w| w == self.max_weight);
-        let mut credits = vec![0u64; self.walkers.len()];
-        // One pass of the outer loop is one round. It ends because a turn always claims a
-        // slot and the backend with `max_weight` takes a turn every round.
+        let fill_at = |share: u64| ((u64::from(size) * share / 1024) as u32).min(search_from);
+        let (single_until, masked_until) = (fill_at(SINGLE_UNTIL), fill_at(MASKED_UNTIL));
+        let mut table = Filling {
+            filled: 0,
+            open: Open::new(size),
+            out,
+        };
+        // Built when the search starts.
+        let mut free: Vec<u32> = Vec::new();
+        let mut inverse_skips: Vec<u32> = Vec::new();
+        let reciprocal = u64::MAX / u64::from(size);
+        let Self { walkers, schedule } = self;
         loop {
-            let count = if equal {
-                turns.len()
-            } else {
-                self.schedule(&mut credits, &mut turns)
-            };
-            for &index in &turns[..count] {
-                let w = &mut self.walkers[index as usize];
-                let slot = if filled < search_from {
-                    let slot = w.probe(&taken, size);
-                    taken.set(slot);
-                    slot
-                } else {
-                    if filled == search_from {
-                        free = taken.free_slots();
-                    }
-                    free.swap_remove(w.search(&free, size, reciprocal))
-                };
-                out[slot as usize] = w.id;
-                w.next = add_mod(slot, w.strides[1], size);
+            let mut turns = schedule.next();
+            // Each way of probing takes the turns until the fill where the next one is faster.
+            table.take_turns_until(single_until, &mut turns, walkers, Walker::probe_single);
+            table.take_turns_until(masked_until, &mut turns, walkers, Walker::probe_masked);
+            table.take_turns_until(search_from, &mut turns, walkers, Walker::probe_wide);
 
-                filled += 1;
-                if filled == size {
+            for &turn in turns {
+                if inverse_skips.is_empty() {
+                    free = table.open.free_slots();
+                    inverse_skips = walkers
+                        .iter()
+                        .map(|w| inverse_mod(w.strides[1], size))
+                        .collect();
+                }
+                let w = &mut walkers[turn as usize];
+                let index = w.search(&free, inverse_skips[turn as usize], size, reciprocal);
+                let slot = free.swap_remove(index);
+                table.out[slot as usize] = w.id;
+                w.next = add_mod(slot, w.strides[1], size);
+                table.filled += 1;
+                if table.filled == size {
                     return;
                 }
             }
         }
-    }
-
-    /// Lists in `turns` the walkers that take a turn this round, in key order, and returns
-    /// how many. A walker earns its weight in credit each round and takes a turn whenever it
-    /// has `max_weight`, which it then spends: the same rule as the paper's
-    /// `⌊(r+1)·w/max⌋ > ⌊r·w/max⌋`. No branch depends on the weights, so a mix of weights
-    /// costs no mispredictions here.
-    #[inline(always)]
-    fn schedule(&self, credits: &mut [u64], turns: &mut [u32]) -> usize {
-        let mut count = 0;
-        for ((index, credit), &weight) in (0u32..).zip(credits.iter_mut()).zip(&self.weights) {
-            let earned = *credit + weight;
-            let turn = earned >= self.max_weight;
-            *credit = earned - if turn { self.max_weight } else { 0 };
-            turns[count] = index;
-            count += usize::from(turn);
-        }
-        count
     }
 }
 
@@ -684,6 +927,128 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Small fixed-seed generator (SplitMix64) for the randomized comparisons.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            mix64(self.0)
+        }
+
+        /// Uniform-ish in `0..n`.
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Random backend sets, weights and table sizes against the plain walk: every phase of
+    /// `fill` (and the switches between them mid-round), repeating and one-round-at-a-time
+    /// schedules, weights up to `u32::MAX`, and more backends than `SEARCH_BELOW`.
+    #[test]
+    fn matches_the_reference_on_random_inputs() {
+        const SIZES: [u32; 19] = [
+            2, 3, 5, 7, 11, 13, 31, 61, 127, 131, 251, 257, 509, 1021, 2053, 4099, 8191, 16_411,
+            65_537,
+        ];
+        let mut rng = Rng(0x5eed_f3a9_11e5);
+        let mut compared = 0;
+        for case in 0..300 {
+            let size = SIZES[rng.below(SIZES.len() as u64) as usize];
+            let n = 1 + rng.below(u64::from(size.min(300))) as usize;
+            let kind = rng.below(6);
+            let keys: Vec<String> = (0..n)
+                .map(|i| format!("{:x}-{i}", rng.below(1 << 20)))
+                .collect();
+            let weights: Vec<u32> = (0..n)
+                .map(|i| match kind {
+                    0 => 1,
+                    1 => rng.below(5) as u32,
+                    2 => 1 + rng.below(1000) as u32,
+                    3 => rng.next() as u32,
+                    4 => u32::MAX - rng.below(3) as u32,
+                    _ if i == 0 => 1_000_000,
+                    _ => 1 + rng.below(100) as u32,
+                })
+                .collect();
+            let b = backends(&keys, &weights);
+            let active = weights.iter().filter(|&&w| w > 0).count();
+            if active == 0 || (size as usize) < active {
+                continue;
+            }
+            let table = build_table(&b, size).unwrap();
+            let reference = reference_table(&b, size);
+            compared += 1;
+            if let Some(slot) = (0..table.len()).find(|&i| table[i] != reference[i]) {
+                panic!(
+                    "case {case}: {n} backends (weights {kind}), size {size}: slot {slot} is \
+                     {}, the reference says {}",
+                    table[slot], reference[slot]
+                );
+            }
+        }
+        assert!(compared > 250, "only {compared} cases were usable");
+    }
+
+    /// Many backends on a small table: the probing phases end part-way through a round, and
+    /// the search starts with fewer free slots than there are backends.
+    #[test]
+    fn matches_the_reference_with_more_backends_than_searched_slots() {
+        let keys = keys(700);
+        for (n, size) in [
+            (129, 131),
+            (200, 251),
+            (300, 509),
+            (700, 4099),
+            (700, 65_537),
+        ] {
+            let equal = backends(&keys[..n], &vec![1; n]);
+            let weights: Vec<u32> = (0..n as u32).map(|i| 1 + i % 7).collect();
+            let mixed = backends(&keys[..n], &weights);
+            for b in [&equal, &mixed] {
+                assert_eq!(
+                    build_table(b, size).unwrap(),
+                    reference_table(b, size),
+                    "{n} backends, size {size}"
+                );
+            }
+        }
+    }
+
+    /// Replaying one period of turns gives the same order as working out every round.
+    #[test]
+    fn repeating_schedule_matches_round_by_round() {
+        let cases: [Vec<u32>; 5] = [
+            vec![1; 3],
+            vec![1, 2, 3, 4],
+            (1..=100).collect(),
+            vec![6, 4, 10, 4],
+            (0..70).map(|i| 3 * (i % 5 + 1)).collect(),
+        ];
+        for weights in cases {
+            let mut repeating = Schedule::new(&weights, MAX_TABLE_SIZE);
+            assert!(repeating.repeats, "weights {weights:?}");
+            let mut rounds = Schedule::new(&weights, MAX_TABLE_SIZE);
+            // After a whole period every credit is back to 0: start over one round at a time.
+            assert!(
+                rounds
+                    .blocks
+                    .iter()
+                    .all(|b| b.credit.iter().all(|&c| c == 0))
+            );
+            rounds.repeats = false;
+            let mut expected = Vec::new();
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.extend_from_slice(repeating.next());
+            }
+            while expected.len() < got.len() {
+                expected.extend_from_slice(rounds.next());
+            }
+            assert_eq!(got, expected, "weights {weights:?}");
         }
     }
 
