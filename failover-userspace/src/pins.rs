@@ -99,6 +99,18 @@ fn is_bpffs(path: &Path) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type == libc::BPF_FS_MAGIC }
 }
 
+/// Removes a pin; one that is not there is fine.
+fn unpin(path: PathBuf) -> Result<(), PinError> {
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PinError::Io {
+            what: "removing",
+            path,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Pins {
     /// Makes `dir` usable: mounts bpffs on its bpffs parent (`/sys/fs/bpf`) if needed and
     /// creates the directory.
@@ -166,21 +178,9 @@ impl Pins {
 
     /// Removes every pinned map (not the link).
     pub fn clear_maps(&self) -> Result<(), PinError> {
-        for name in PINNED_MAPS {
-            let path = self.map_path(name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(PinError::Io {
-                        what: "removing",
-                        path,
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(())
+        PINNED_MAPS
+            .iter()
+            .try_for_each(|name| unpin(self.map_path(name)))
     }
 
     /// Attaches the balancer: into the pinned link if there is one (an atomic program swap:
@@ -229,18 +229,7 @@ impl Pins {
     /// Detaches: unpins the link (the program detaches when the last reference goes) and
     /// the maps. For `detach_on_exit`.
     pub fn detach(&self) -> Result<(), PinError> {
-        let path = self.link_path();
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(PinError::Io {
-                    what: "removing",
-                    path,
-                    source,
-                });
-            }
-        }
+        unpin(self.link_path())?;
         self.clear_maps()?;
         let _ = std::fs::remove_dir(&self.dir);
         Ok(())
