@@ -18,7 +18,7 @@ use crate::{
     },
     dataplane::{Dataplane, addr_words},
     health::{
-        Outcome, Target,
+        Target,
         scheduler::{Report, Schedule},
     },
     layout::Layout,
@@ -163,19 +163,6 @@ fn inputs<'a>(
         .collect()
 }
 
-fn observation(outcome: &Outcome) -> Observation {
-    match outcome {
-        Outcome::Up => Observation::Up,
-        Outcome::Refused { reason } => Observation::Refused {
-            reason: reason.clone(),
-        },
-        Outcome::Failed { reason } => Observation::Failed {
-            reason: reason.clone(),
-        },
-        Outcome::Timeout { after } => Observation::Timeout { after: *after },
-    }
-}
-
 impl Brain {
     /// Sets up states for every backend (unknown until checked; `none` checks are up at
     /// once) and groups backends by distinct probe target.
@@ -268,11 +255,11 @@ impl Brain {
         let Some(info) = self.targets.get(report.target) else {
             return Ok(None);
         };
-        let obs = observation(&report.result.outcome);
+        let obs = &report.result.outcome;
         let users = info.users.clone();
         let mut dirty = Vec::new();
         for &(s, b) in &users {
-            if let Some(t) = self.states[s][b].observe(now, &obs, report.result.latency) {
+            if let Some(t) = self.states[s][b].observe(now, obs, report.result.latency) {
                 self.record(s, Some(b), &t);
                 dirty.push(s);
             }

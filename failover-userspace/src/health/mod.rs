@@ -59,6 +59,17 @@ impl Outcome {
     pub const fn is_up(&self) -> bool {
         matches!(self, Self::Up)
     }
+
+    /// A short description used as the reason of a health change.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Up => "check passed".to_owned(),
+            Self::Refused { reason } | Self::Failed { reason } => reason.clone(),
+            Self::Timeout { after } => {
+                format!("timeout after {}", crate::config::format_duration(*after))
+            }
+        }
+    }
 }
 
 impl fmt::Display for Outcome {

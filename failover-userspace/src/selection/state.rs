@@ -36,40 +36,9 @@ use std::time::{Duration, Instant};
 use crate::config::{CheckConfig, format_duration};
 use crate::selection::tiers::BackendStatus;
 
-/// One probe result, as the check layer reports it (the daemon converts the probe module's
-/// own result type into this, so this module does not depend on it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observation {
-    /// The check passed.
-    Up,
-    /// The connection was actively refused (TCP RST, ICMP port unreachable): definitive
-    /// evidence that the service is not there, counted against `fall_refused`.
-    Refused {
-        /// What happened, for example `"connect refused"`.
-        reason: String,
-    },
-    /// The check ran and failed, for example `"HTTP 503"` or `"reply did not match"`.
-    Failed {
-        /// What happened.
-        reason: String,
-    },
-    /// No answer within the check's timeout.
-    Timeout {
-        /// The timeout that ran out.
-        after: Duration,
-    },
-}
-
-impl Observation {
-    /// A short description used as the reason of a health change.
-    pub fn reason(&self) -> String {
-        match self {
-            Self::Up => "check passed".to_owned(),
-            Self::Refused { reason } | Self::Failed { reason } => reason.clone(),
-            Self::Timeout { after } => format!("timeout after {}", format_duration(*after)),
-        }
-    }
-}
+/// One probe result: the probe layer's [`crate::health::Outcome`], used as it is (one
+/// definition of what a check can find).
+pub use crate::health::Outcome as Observation;
 
 /// What the health checks think of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
