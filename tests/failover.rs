@@ -644,7 +644,8 @@ fn daemon_stop_crash_and_restart_lose_no_connection() {
 
 /// Live reload: a weight change applies to that service only, keeps every established
 /// connection; a config that fails validation is rejected with its file, line and key,
-/// and the running config stays; a structural change is refused with what to do.
+/// and the running config stays; a change the loaded maps cannot hold is refused with
+/// what to do.
 #[test]
 fn reload_applies_the_difference_and_rejects_bad_configs() {
     let rig = Rig::new(3);
@@ -680,7 +681,7 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
     )
     .unwrap();
     let (ok, out, err) = cli(&rig, &["reload"]);
-    assert!(ok && out.contains("changed web"), "{out}{err}");
+    assert!(ok && out.contains("changed: web"), "{out}{err}");
     let replies =
         failover_tests::lab::client::tcp_requests(client, vip(), 60, Duration::from_secs(2), 8);
     assert!(
@@ -702,14 +703,16 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
         !ok && err.contains("intervall") && err.contains(&path.display().to_string()),
         "{err}"
     );
-    // A structural change: refused, saying what to do.
-    let four = format!(
-        "{pin_line}\n{}  [[service.backend]]\n  name = \"be-9\"\n  address = \"198.18.0.109\"\n",
-        rig.config("", check, &weights(0))
-    );
-    std::fs::write(&path, four).unwrap();
+    // A change the loaded maps cannot hold (a bigger connection table): refused, saying
+    // what to do.
+    let bigger = format!("{pin_line}\n{}", rig.config("", check, &weights(0)))
+        .replace("flow_capacity = 65536", "flow_capacity = 1000000");
+    std::fs::write(&path, bigger).unwrap();
     let (ok, _, err) = cli(&rig, &["reload"]);
-    assert!(!ok && err.contains("restart"), "{err}");
+    assert!(
+        !ok && err.contains("IPv4 connection-table entries") && err.contains("Restart the daemon"),
+        "{err}"
+    );
     // Still serving with the last good config.
     let replies =
         failover_tests::lab::client::tcp_requests(client, vip(), 30, Duration::from_secs(2), 8);
@@ -725,6 +728,115 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
             "a reload disturbed an established connection: {h:?}"
         );
     }
+}
+
+/// A reload that adds a service and removes a backend, under long-lived connections: no
+/// connection on the other backends is lost, the new service serves once its backends
+/// are checked, the removed backend takes no new flow; then a daemon crash and restart
+/// adopts the reloaded tables (ids read back from the pinned maps) and still loses nothing.
+#[test]
+fn reload_adds_a_service_and_removes_a_backend_losing_no_connection() {
+    let rig = Rig::new(3);
+    let check = "  type = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n";
+    let ns = rig.lab.lb().ns();
+    let mut first = Daemon::start(ns, &rig.config("", check, &|_| String::new())).expect("daemon");
+    let path = first.config_path().to_owned();
+    let pin_line = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let client = rig.lab.client().ns();
+    let held = Persistent::start(
+        client,
+        vip(),
+        45,
+        Duration::from_millis(100),
+        Duration::from_secs(7),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // web loses be-2; a new service `api` on another VIP uses all three.
+    let web = rig.config("", check, &|_| String::new());
+    let without_be2: String = {
+        let at = web
+            .find("  [[service.backend]]\n  name = \"be-2\"")
+            .unwrap();
+        let end = web[at + 1..].find("  [[service.backend]]").unwrap() + at + 1;
+        format!("{}{}", &web[..at], &web[end..])
+    };
+    let api: String = web[web.find("[[service]]").unwrap()..]
+        .replace("name = \"web\"", "name = \"api\"")
+        .replace("vip = \"198.18.0.10\"", "vip = \"198.18.0.11\"");
+    let new = format!("{pin_line}\n{without_be2}{api}");
+    std::fs::write(&path, &new).unwrap();
+    let (ok, out, err) = cli(&rig, &["reload"]);
+    assert!(
+        ok && out.contains("added: api") && out.contains("changed: web"),
+        "{out}{err}"
+    );
+    let api_vip: SocketAddr = "198.18.0.11:80".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut served = Vec::new();
+    while Instant::now() < deadline {
+        served = failover_tests::lab::client::tcp_requests(
+            client,
+            api_vip,
+            5,
+            Duration::from_millis(500),
+            5,
+        );
+        if served.iter().all(Result::is_ok) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        served.iter().all(Result::is_ok),
+        "the added service serves: {served:?}"
+    );
+    let web_new =
+        failover_tests::lab::client::tcp_requests(client, vip(), 60, Duration::from_secs(2), 8);
+    assert!(
+        web_new
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
+        "no new flow to the removed backend: {web_new:?}"
+    );
+
+    // Crash and restart with the reloaded config: the ids are read back from the maps.
+    first.keep_pins();
+    first.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = Daemon::start(ns, &new).expect("restart");
+    assert!(
+        second
+            .log
+            .iter()
+            .any(|l| l.contains("adopted the pinned tables")),
+        "{}",
+        second.log.join("\n")
+    );
+    let after =
+        failover_tests::lab::client::tcp_requests(client, api_vip, 30, Duration::from_secs(2), 8);
+    assert!(after.iter().all(Result::is_ok), "{after:?}");
+    let held = held.join();
+    assert_healthy_undisturbed(&held, "be-2");
+    let survivors = held
+        .iter()
+        .filter(|h| h.backend.as_deref() != Some("be-2"))
+        .count();
+    assert!(
+        survivors >= 20,
+        "connections on be-1 and be-3 ran: {held:?}"
+    );
+    assert!(
+        held.iter()
+            .filter(|h| h.backend.as_deref() != Some("be-2"))
+            .all(|h| h.exchanges >= 50),
+        "every surviving connection kept exchanging through the reload and restart: {held:?}"
+    );
 }
 
 /// Exactly-one (a database primary): while the primary is killed and revived under a

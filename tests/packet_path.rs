@@ -10,7 +10,9 @@ use etherparse::{
     UdpHeader, VlanId, icmpv4::DestUnreachableHeader,
 };
 use failover_common::Counter;
-use failover_tests::rig::{Rig, XDP_DROP, XDP_PASS, XDP_TX, backend_mac, verdict_name};
+use failover_tests::rig::{
+    Rig, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, backend_mac, verdict_name,
+};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -121,6 +123,16 @@ table_size = 257
   name = "c"
   address = "2001:db8:0:2::3"
 [[service]]
+name = "tun6u"
+vip = "2001:db8:0:1::11"
+port = 53
+protocol = "udp"
+mode = "tunnel"
+table_size = 257
+  [[service.backend]]
+  name = "c"
+  address = "2001:db8:0:2::3"
+[[service]]
 name = "tun46"
 vip = "198.18.0.12"
 port = 80
@@ -173,6 +185,17 @@ table_size = 257
   name = "e"
   address = "2001:db8:0:2::5"
   port = 8080
+[[service]]
+name = "nat6u"
+vip = "2001:db8:0:1::13"
+port = 53
+protocol = "udp"
+mode = "nat"
+table_size = 257
+  [[service.backend]]
+  name = "e"
+  address = "2001:db8:0:2::5"
+  port = 5353
 [[service]]
 name = "allports"
 vip = "198.18.0.14"
@@ -280,14 +303,23 @@ fn tcp6_from(
 fn tcp6(dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
     tcp6_from((CLIENT_MAC, LB_MAC), CLIENT6, dst, sport, dport)
 }
-fn udp6(dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+fn udp6_from(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     build(|v| {
-        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-            .ipv6(CLIENT6, dst, 64)
+        PacketBuilder::ethernet2(macs.0, macs.1)
+            .ipv6(src, dst, 64)
             .udp(sport, dport)
             .write(v, PAYLOAD)
             .unwrap()
     })
+}
+fn udp6(dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    udp6_from((CLIENT_MAC, LB_MAC), CLIENT6, dst, sport, dport)
 }
 fn vlan_tcp4(dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     build(|v| {
@@ -418,14 +450,12 @@ fn hop_by_hop6(dst: [u8; 16]) -> Vec<u8> {
     })
 }
 
-/// ICMP "fragmentation needed" from a router, quoting a reply the backend sent (VIP:80 ->
-/// client:4000).
-fn icmp4_frag_needed(vip: [u8; 4]) -> Vec<u8> {
-    let quoted = tcp4_from((LB_MAC, CLIENT_MAC), vip, CLIENT4, 80, 4000, false);
-    let quote = &quoted[14..14 + 20 + 8];
+/// ICMP "fragmentation needed" from a router to `dst`, quoting `quote` (an IP packet's
+/// first bytes), in a frame with `macs`.
+fn icmp4_frag_needed_quoting(macs: ([u8; 6], [u8; 6]), dst: [u8; 4], quote: &[u8]) -> Vec<u8> {
     build(|v| {
-        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-            .ipv4(ROUTER4, vip, 64)
+        PacketBuilder::ethernet2(macs.0, macs.1)
+            .ipv4(ROUTER4, dst, 64)
             .icmpv4(Icmpv4Type::DestinationUnreachable(
                 DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
             ))
@@ -434,16 +464,103 @@ fn icmp4_frag_needed(vip: [u8; 4]) -> Vec<u8> {
     })
 }
 
-/// ICMPv6 "packet too big" quoting (VIP:80 -> client:4000).
-fn icmp6_too_big(vip: [u8; 16]) -> Vec<u8> {
-    let quoted = tcp6_from((LB_MAC, CLIENT_MAC), vip, CLIENT6, 80, 4000);
-    let quote = &quoted[14..14 + 40 + 8];
+/// ICMP "fragmentation needed" from a router, quoting a reply the backend sent (VIP:80 ->
+/// client:4000).
+fn icmp4_frag_needed(vip: [u8; 4]) -> Vec<u8> {
+    let quoted = tcp4_from((LB_MAC, CLIENT_MAC), vip, CLIENT4, 80, 4000, false);
+    icmp4_frag_needed_quoting((CLIENT_MAC, LB_MAC), vip, &quoted[14..14 + 20 + 8])
+}
+
+/// ICMPv6 "packet too big" from a router to `dst`, quoting `quote`, in a frame with `macs`.
+fn icmp6_too_big_quoting(macs: ([u8; 6], [u8; 6]), dst: [u8; 16], quote: &[u8]) -> Vec<u8> {
     build(|v| {
-        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-            .ipv6(v6(0xfe), vip, 64)
+        PacketBuilder::ethernet2(macs.0, macs.1)
+            .ipv6(v6(0xfe), dst, 64)
             .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
             .write(v, quote)
             .unwrap()
+    })
+}
+
+/// ICMPv6 "packet too big" quoting (VIP:80 -> client:4000).
+fn icmp6_too_big(vip: [u8; 16]) -> Vec<u8> {
+    let quoted = tcp6_from((LB_MAC, CLIENT_MAC), vip, CLIENT6, 80, 4000);
+    icmp6_too_big_quoting((CLIENT_MAC, LB_MAC), vip, &quoted[14..14 + 40 + 8])
+}
+
+/// A too-big error about a `nat` flow, and what the backend must receive. The router
+/// quotes the reply as the client would have seen it (`vip:vport` -> client:`cport`, its
+/// first `quoted` bytes past Ethernet); the backend must get the error it would have had
+/// without the load balancer: to its own address, quoting what it sent
+/// (`backend:bport` -> client:`cport`), every checksum valid, from us to its MAC.
+/// `reply(src, dst, sport, dport)` builds the reply's frame.
+fn nat_too_big(
+    vip: IpAddr,
+    vport: u16,
+    backend: IpAddr,
+    bport: u16,
+    cport: u16,
+    quoted: usize,
+    reply: impl Fn(IpAddr, IpAddr, u16, u16) -> Vec<u8>,
+) -> (Vec<u8>, Vec<u8>) {
+    let client = match vip {
+        IpAddr::V4(_) => ip4(CLIENT4),
+        IpAddr::V6(_) => ip6(CLIENT6),
+    };
+    let seen = reply(vip, client, vport, cport);
+    let sent = reply(backend, client, bport, cport);
+    let (seen, sent) = (&seen[14..14 + quoted], &sent[14..14 + quoted]);
+    let to_backend = (LB_MAC, backend_mac(backend));
+    match (vip, backend) {
+        (IpAddr::V4(v), IpAddr::V4(b)) => (
+            icmp4_frag_needed_quoting((CLIENT_MAC, LB_MAC), v.octets(), seen),
+            icmp4_frag_needed_quoting(to_backend, b.octets(), sent),
+        ),
+        (IpAddr::V6(v), IpAddr::V6(b)) => (
+            icmp6_too_big_quoting((CLIENT_MAC, LB_MAC), v.octets(), seen),
+            icmp6_too_big_quoting(to_backend, b.octets(), sent),
+        ),
+        _ => unreachable!("nat keeps the family"),
+    }
+}
+
+/// [`nat_too_big`] about a TCP flow (the reply an ACK with data).
+fn nat_too_big_tcp(
+    vip: IpAddr,
+    vport: u16,
+    backend: IpAddr,
+    bport: u16,
+    cport: u16,
+    quoted: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    nat_too_big(vip, vport, backend, bport, cport, quoted, |s, d, sp, dp| {
+        let macs = (LB_MAC, CLIENT_MAC);
+        match (s, d) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                tcp4_from(macs, s.octets(), d.octets(), sp, dp, false)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => tcp6_from(macs, s.octets(), d.octets(), sp, dp),
+            _ => unreachable!(),
+        }
+    })
+}
+
+/// [`nat_too_big`] about a UDP flow.
+fn nat_too_big_udp(
+    vip: IpAddr,
+    vport: u16,
+    backend: IpAddr,
+    bport: u16,
+    cport: u16,
+    quoted: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    nat_too_big(vip, vport, backend, bport, cport, quoted, |s, d, sp, dp| {
+        let macs = (LB_MAC, CLIENT_MAC);
+        match (s, d) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => udp4_from(macs, s.octets(), d.octets(), sp, dp),
+            (IpAddr::V6(s), IpAddr::V6(d)) => udp6_from(macs, s.octets(), d.octets(), sp, dp),
+            _ => unreachable!(),
+        }
     })
 }
 
@@ -519,6 +636,17 @@ fn dsr(name: &'static str, packet: Vec<u8>, backend: IpAddr) -> Case {
 
 fn tunnel(name: &'static str, packet: Vec<u8>, backend: IpAddr) -> Case {
     case(name, packet, XDP_TX, Expect::Tunnel { backend }, None)
+}
+
+/// A too-big error about a `nat` flow, translated for its backend (see [`nat_too_big`]).
+fn nat_icmp(name: &'static str, (packet, out): (Vec<u8>, Vec<u8>)) -> Case {
+    case(
+        name,
+        packet,
+        XDP_TX,
+        Expect::Bytes(out),
+        Some(Counter::IcmpNatToBackend),
+    )
 }
 
 fn passed(name: &'static str, packet: Vec<u8>, counter: Counter) -> Case {
@@ -628,6 +756,8 @@ fn forwarding_table() {
     let mut rig = Rig::new(CONFIG).expect("load the balancer");
     let vip4 = [198, 18, 0, 10];
     let vip6 = v6net(1, 0x10);
+    let (nat4, nat4_backend) = ([198, 18, 0, 13], [198, 18, 1, 5]);
+    let (nat6, nat6_backend) = (v6net(1, 0x13), v6net(2, 5));
     let cases = vec![
         dsr("dsr ipv4 tcp", tcp4(vip4, 4000, 80), ip4([198, 18, 1, 1])),
         dsr("dsr ipv4 udp", udp4(vip4, 4000, 53), ip4([198, 18, 1, 2])),
@@ -661,6 +791,11 @@ fn forwarding_table() {
         tunnel(
             "tunnel ipv6 tcp",
             tcp6(v6net(1, 0x11), 4000, 80),
+            ip6(v6net(2, 3)),
+        ),
+        tunnel(
+            "tunnel ipv6 udp",
+            udp6(v6net(1, 0x11), 4000, 53),
             ip6(v6net(2, 3)),
         ),
         tunnel(
@@ -719,6 +854,19 @@ fn forwarding_table() {
             None,
         ),
         case(
+            "nat ipv6 udp",
+            udp6(v6net(1, 0x13), 4000, 53),
+            XDP_TX,
+            Expect::Bytes(udp6_from(
+                (LB_MAC, backend_mac(ip6(v6net(2, 5)))),
+                CLIENT6,
+                v6net(2, 5),
+                4000,
+                5353,
+            )),
+            None,
+        ),
+        case(
             "nat ipv4 tcp reply translated back to the VIP",
             tcp4_from(
                 (CLIENT_MAC, LB_MAC),
@@ -751,6 +899,45 @@ fn forwarding_table() {
                 4000,
             )),
             Some(Counter::NatReply),
+        ),
+        case(
+            "nat ipv6 udp reply translated back to the VIP",
+            udp6_from((CLIENT_MAC, LB_MAC), v6net(2, 5), CLIENT6, 5353, 4000),
+            XDP_PASS,
+            Expect::Bytes(udp6_from(
+                (CLIENT_MAC, LB_MAC),
+                v6net(1, 0x13),
+                CLIENT6,
+                53,
+                4000,
+            )),
+            Some(Counter::NatReply),
+        ),
+        // The nat cases above made these flows (client port 4000).
+        nat_icmp(
+            "icmp fragmentation needed about a nat tcp flow, whole tcp header quoted",
+            nat_too_big_tcp(ip4(nat4), 80, ip4(nat4_backend), 8080, 4000, 20 + 20),
+        ),
+        nat_icmp(
+            "icmp fragmentation needed about a nat tcp flow, 8 bytes of tcp quoted",
+            nat_too_big_tcp(ip4(nat4), 80, ip4(nat4_backend), 8080, 4000, 20 + 8),
+        ),
+        nat_icmp(
+            "icmp fragmentation needed about a nat udp flow",
+            nat_too_big_udp(ip4(nat4), 53, ip4(nat4_backend), 5353, 4000, 20 + 8),
+        ),
+        nat_icmp(
+            "icmpv6 packet too big about a nat tcp flow",
+            nat_too_big_tcp(ip6(nat6), 80, ip6(nat6_backend), 8080, 4000, 40 + 20),
+        ),
+        nat_icmp(
+            "icmpv6 packet too big about a nat udp flow",
+            nat_too_big_udp(ip6(nat6), 53, ip6(nat6_backend), 5353, 4000, 40 + 8),
+        ),
+        passed(
+            "icmp too big about an unknown nat flow passes",
+            nat_too_big_tcp(ip4(nat4), 80, ip4(nat4_backend), 8080, 4999, 20 + 8).0,
+            Counter::PassIcmpNat,
         ),
         case(
             "ipv4 first fragment",
@@ -905,6 +1092,18 @@ fn every_truncation_is_passed_untouched() {
         ("tunnel ipv4 tcp", tcp4([198, 18, 0, 11], 4000, 80)),
         ("nat ipv6 tcp", tcp6(v6net(1, 0x13), 4000, 80)),
         ("icmp too big", icmp4_frag_needed([198, 18, 0, 10])),
+        (
+            "icmp too big about a nat flow",
+            nat_too_big_tcp(
+                ip4([198, 18, 0, 13]),
+                80,
+                ip4([198, 18, 1, 5]),
+                8080,
+                4000,
+                40,
+            )
+            .0,
+        ),
     ];
     let reasons = [
         Counter::PassTruncatedL2,
@@ -1164,5 +1363,98 @@ fn nat_backend_reset_of_a_new_flow_is_hidden_and_forgotten() {
         verdict_name(rig.run(&rst2).unwrap().verdict),
         "XDP_PASS",
         "a reset of an answered flow reaches the client"
+    );
+}
+
+/// Backends reached through another interface than the attached one: the frame, rewritten
+/// exactly as for XDP_TX, is redirected through the `EGRESS` devmap. A backend whose
+/// interface is missing from the devmap is dropped and counted, never sent out of the
+/// wrong interface.
+#[test]
+fn backends_behind_another_interface_are_redirected_through_the_devmap() {
+    let mut rig = Rig::new(CONFIG).expect("load the balancer");
+    // BPF_PROG_TEST_RUN decides the redirect without performing it: any interface will do.
+    let lo = failover::neighbor::ifindex("lo").expect("lo");
+    let egress = std::collections::HashMap::from([
+        (ip4([198, 18, 1, 1]), lo),
+        (ip4([198, 18, 1, 5]), lo),
+        (ip6(v6net(2, 3)), lo),
+    ]);
+    assert!(rig.dp.set_egress(&egress).expect("fill EGRESS"), "changed");
+    assert!(!rig.dp.set_egress(&egress).expect("again"), "unchanged");
+    rig.set_usable(&|_, _| true).expect("rewrite the backends");
+    let vip4 = [198, 18, 0, 10];
+    let cases = vec![
+        case(
+            "dsr ipv4 tcp redirected",
+            tcp4(vip4, 4100, 80),
+            XDP_REDIRECT,
+            Expect::Bytes(to_backend(&tcp4(vip4, 4100, 80), ip4([198, 18, 1, 1]))),
+            None,
+        ),
+        case(
+            "nat ipv4 tcp redirected",
+            tcp4([198, 18, 0, 13], 4100, 80),
+            XDP_REDIRECT,
+            Expect::Bytes(tcp4_from(
+                (LB_MAC, backend_mac(ip4([198, 18, 1, 5]))),
+                CLIENT4,
+                [198, 18, 1, 5],
+                4100,
+                8080,
+                true,
+            )),
+            None,
+        ),
+        case(
+            "tunnel ipv6 tcp redirected",
+            tcp6(v6net(1, 0x11), 4100, 80),
+            XDP_REDIRECT,
+            Expect::Tunnel {
+                backend: ip6(v6net(2, 3)),
+            },
+            None,
+        ),
+        dsr(
+            "dsr ipv4 udp to a backend on the attached interface",
+            udp4(vip4, 4100, 53),
+            ip4([198, 18, 1, 2]),
+        ),
+    ];
+    for c in &cases {
+        run_case(&mut rig, c);
+    }
+    // The nat case above made the flow this error is about.
+    let (icmp, out) = nat_too_big_tcp(
+        ip4([198, 18, 0, 13]),
+        80,
+        ip4([198, 18, 1, 5]),
+        8080,
+        4100,
+        40,
+    );
+    run_case(
+        &mut rig,
+        &case(
+            "icmp fragmentation needed about a nat flow redirected",
+            icmp,
+            XDP_REDIRECT,
+            Expect::Bytes(out),
+            Some(Counter::IcmpNatToBackend),
+        ),
+    );
+
+    // An ifindex the devmap does not hold (the userspace never writes one: forced here).
+    let id = rig.backend_id("web4", "a");
+    let mut b = rig.dp.backend(id).expect("backend");
+    b.ifindex = lo + 1000;
+    rig.dp.set_backend(id, &b).expect("write the backend");
+    let before = rig.counter(Counter::DropNoEgress).unwrap();
+    let out = rig.run(&tcp4(vip4, 4101, 80)).unwrap();
+    assert_eq!(verdict_name(out.verdict), "XDP_DROP", "missing egress");
+    assert_eq!(
+        rig.counter(Counter::DropNoEgress).unwrap(),
+        before + 1,
+        "drop_no_egress counts it"
     );
 }

@@ -19,7 +19,8 @@ pub struct Backend {
     pub mac: [u8; 6],
     /// Backend port for `nat` mode (0 keeps the client's destination port).
     pub port_be: u16,
-    /// Egress interface when it differs from the ingress one (XDP_REDIRECT); 0 = XDP_TX.
+    /// Egress interface when it differs from the ingress one: the packet is redirected
+    /// through the `EGRESS` devmap under this key (its ifindex); 0 = XDP_TX.
     pub ifindex: u32,
     /// Its service's [`crate::ForwardMode`]: an established flow is forwarded from the
     /// connection table and this entry alone, without looking the service up.

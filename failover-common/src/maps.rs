@@ -33,6 +33,9 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const SERVICE_TRAFFIC: &str = "SERVICE_TRAFFIC";
 /// `PerCpuArray<Traffic>` indexed by backend id.
 pub const BACKEND_TRAFFIC: &str = "BACKEND_TRAFFIC";
+/// `DevMapHash` keyed by ifindex: the interfaces backends are reached through when that is
+/// not the one the program is attached to (XDP_REDIRECT; `Backend::ifindex` is the key).
+pub const EGRESS: &str = "EGRESS";
 /// `Array<Globals>` with one element: settings that apply to the whole program.
 pub const GLOBALS: &str = "GLOBALS";
 
@@ -40,6 +43,8 @@ pub const GLOBALS: &str = "GLOBALS";
 pub const DEFAULT_FLOW_CAPACITY: u32 = 1 << 20;
 /// Default Maglev table size (a prime).
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
+/// Most egress interfaces `EGRESS` holds (a fixed size: 64 entries cost under 4 KiB).
+pub const EGRESS_INTERFACES: u32 = 64;
 /// Placeholder sizes compiled into the object; the loader overrides them.
 pub const PLACEHOLDER_ENTRIES: u32 = 1024;
 /// `PerCpuArray<u64>` indexed by [`crate::stats::DecapCounter`] (decapsulation program).

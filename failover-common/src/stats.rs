@@ -18,7 +18,8 @@ pub enum Counter {
     PassIpv6ExtHeader,
     /// ICMP error whose quoted packet belongs to no service: passed.
     PassIcmpNotService,
-    /// ICMP error about a `nat` service's flow (its quote is not translated yet): passed.
+    /// ICMP error about a `nat` service whose flow is not in the connection table (or whose
+    /// backend is no longer usable): there is no backend to translate it for, so passed.
     PassIcmpNat,
     /// Service has no usable backend and its policy is "pass".
     PassNoBackend,
@@ -45,11 +46,16 @@ pub enum Counter {
     BackendReset,
     /// An existing flow whose backend became unusable, moved to a new one.
     FlowRepicked,
+    /// ICMP too-big error about a `nat` flow: its quote translated back to what the backend
+    /// sent, and sent on to that backend.
+    IcmpNatToBackend,
+    /// The backend's egress interface (XDP_REDIRECT) is missing from `EGRESS`: dropped.
+    DropNoEgress,
 }
 
 impl Counter {
     /// Number of counters (size of the `COUNTERS` map).
-    pub const COUNT: u32 = Self::FlowRepicked as u32 + 1;
+    pub const COUNT: u32 = Self::DropNoEgress as u32 + 1;
 
     /// Every counter, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -72,6 +78,8 @@ impl Counter {
         Self::NatReply,
         Self::BackendReset,
         Self::FlowRepicked,
+        Self::IcmpNatToBackend,
+        Self::DropNoEgress,
     ];
 
     /// Whether a packet counted under this reason is passed to the kernel (else dropped).
@@ -112,6 +120,8 @@ impl Counter {
             Self::NatReply => "nat_reply",
             Self::BackendReset => "backend_reset",
             Self::FlowRepicked => "flow_repicked",
+            Self::IcmpNatToBackend => "icmp_nat_to_backend",
+            Self::DropNoEgress => "drop_no_egress",
         }
     }
 }

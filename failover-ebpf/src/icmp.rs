@@ -1,6 +1,7 @@
 //! ICMP errors about a service's flows: "fragmentation needed" (IPv4) and "packet too big"
 //! (IPv6) quote the packet the backend sent (VIP -> client); the flow is that quote
-//! reversed, and the error goes to that flow's backend so path MTU discovery works.
+//! reversed, and the error goes to that flow's backend so path MTU discovery works. For
+//! `nat` flows the quote shows the VIP, so it is translated back to what the backend sent.
 
 use aya_ebpf::programs::XdpContext;
 use failover_common::{Counter, FAMILY_IPV4, FlowKey, ForwardMode, PROTO_TCP, PROTO_UDP};
@@ -43,10 +44,6 @@ pub fn handle(ctx: &XdpContext, l2: L2, l3: &L3) -> Result<u32, Counter> {
     let [sport_be, dport_be] = unsafe { *ports };
     let svc = select::service(inner.family, inner.proto, inner.src_be, sport_be, false)
         .ok_or(Counter::PassIcmpNotService)?;
-    if ForwardMode::from_u32(svc.mode) == Some(ForwardMode::Nat) {
-        // The quoted packet carries the VIP; a NAT backend would not recognise it.
-        return Err(Counter::PassIcmpNat);
-    }
     let key = FlowKey {
         src_be: inner.dst_be,
         dst_be: inner.src_be,
@@ -56,6 +53,18 @@ pub fn handle(ctx: &XdpContext, l2: L2, l3: &L3) -> Result<u32, Counter> {
         family: inner.family,
         _pad: [0; 2],
     };
+    if ForwardMode::from_u32(svc.mode) == Some(ForwardMode::Nat) {
+        // The quote carries the VIP, which the backend would not recognise: only a known
+        // flow says which backend it was and what to translate the quote back to.
+        let (flow_svc, pick) =
+            select::established(select::known(&key)).ok_or(Counter::PassIcmpNat)?;
+        if flow_svc.id != svc.id {
+            return Err(Counter::PassIcmpNat);
+        }
+        let action = forward::nat_icmp(ctx, l3, &inner, &pick.backend, sport_be)?;
+        stats::count(Counter::IcmpNatToBackend);
+        return Ok(action);
+    }
     let pick = select::backend(&svc, &key, true, false, select::known(&key))?;
     let action = forward::forward(ctx, l2, l3, &svc, &pick, &key, false)?;
     stats::count(Counter::IcmpToBackend);

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use failover_common::{
     Backend, Counter, FlowKey, FlowKey4, FlowValue, Globals, NatOrigin, ServiceKey, ServiceKey4,
-    ServiceValue, Traffic, maps::PLACEHOLDER_ENTRIES,
+    ServiceValue, Traffic,
+    maps::{EGRESS_INTERFACES, PLACEHOLDER_ENTRIES},
 };
 
 /// `BPF_F_MMAPABLE`: userspace writes Maglev tables through a memory mapping.
@@ -30,6 +31,10 @@ pub static RINGS: Array<u32> = Array::with_max_entries(PLACEHOLDER_ENTRIES, BPF_
 /// Backends by id.
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(PLACEHOLDER_ENTRIES, 0);
+
+/// Egress interfaces by ifindex, for backends reached through another interface.
+#[map]
+pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(EGRESS_INTERFACES, 0);
 
 /// IPv4 connection table: which backend each known flow goes to.
 #[map]

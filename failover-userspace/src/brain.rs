@@ -37,6 +37,11 @@ enum Manual {
     Enable,
 }
 
+/// Upper bounds (microseconds) of the verdict-to-map histogram's buckets.
+const SWITCH_BOUNDS_US: [u64; 10] = [
+    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 50_000, 250_000,
+];
+
 /// How many state changes `events` keeps.
 const EVENT_HISTORY: usize = 1024;
 
@@ -75,12 +80,20 @@ pub struct Brain {
     events: VecDeque<Event>,
     /// Time from a probe result to the map switch it caused, most recent first.
     switch_times: VecDeque<Duration>,
+    /// Every switch time since the start, counted per bucket of [`SWITCH_BOUNDS_US`]
+    /// (one more bucket for the slower ones), and their sum in microseconds.
+    switch_histogram: ([u64; SWITCH_BOUNDS_US.len() + 1], u64),
     /// Set by the first [`Brain::publish_all`]: before it, results only build up states,
     /// so the first selection sees every first verdict at once (a backup that answered
     /// first must not become the active tier and then wait out a failback hold).
     publishing: bool,
     /// Numbering of `targets`: bumped when a reload renumbers them.
     generation: u64,
+    /// Per service: until when it waits for first verdicts before its first publish
+    /// (services added by a reload).
+    hold: Vec<Option<Instant>>,
+    /// What adopted maps hold that the config no longer has: removed at the first publish.
+    stale: crate::layout::Stale,
 }
 
 /// Groups backends by distinct probe target (a backend shared by services with the same
@@ -134,21 +147,48 @@ fn new_state(
     state
 }
 
-/// What of a service's layout a live reload must leave as it is.
-#[derive(PartialEq, Eq)]
-struct ServiceShape {
-    name: String,
-    entry: (u32, u32, u32, Vec<failover_common::ServiceKey>),
-    backends: Vec<(String, u32)>,
-}
-
 /// What a reload changed.
 #[derive(Debug, Default)]
 pub struct Reloaded {
-    /// Services whose settings changed (and were republished).
+    /// Services added.
+    pub added: Vec<String>,
+    /// Services removed.
+    pub removed: Vec<String>,
+    /// Services whose settings or backends changed (and were republished).
     pub services: Vec<String>,
     /// Whether the probe targets changed (the caller restarts the probes).
     pub targets_changed: bool,
+}
+
+impl std::fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "added: {}; removed: {}; changed: {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.services)
+        )
+    }
+}
+
+/// How long a service added by a reload waits for first verdicts before it is published
+/// anyway: its slowest check's `rise` (or `fall`) results at the fast interval, plus a
+/// timeout.
+fn first_verdicts_wait(svc: &crate::config::ServiceConfig) -> Duration {
+    svc.backends
+        .iter()
+        .map(|b| b.check.fast_interval * b.check.rise.max(b.check.fall) + b.check.timeout)
+        .max()
+        .unwrap_or(Duration::ZERO)
+        + Duration::from_millis(100)
 }
 
 /// What the tier selector needs of a service's backends.
@@ -190,6 +230,7 @@ impl Brain {
             .map(|s| TierSelector::new(TierPolicy::from(s)))
             .collect();
         let published = vec![None; cfg.services.len()];
+        let hold = vec![None; cfg.services.len()];
         Self {
             cfg,
             layout,
@@ -201,9 +242,18 @@ impl Brain {
             targets,
             events: VecDeque::new(),
             switch_times: VecDeque::new(),
+            switch_histogram: ([0; SWITCH_BOUNDS_US.len() + 1], 0),
             publishing: false,
             generation: 0,
+            hold,
+            stale: crate::layout::Stale::default(),
         }
+    }
+
+    /// Service keys and backends the adopted maps hold that the config no longer has:
+    /// removed at the first publish (until then the adopted tables stay as they are).
+    pub fn remove_at_publish(&mut self, stale: crate::layout::Stale) {
+        self.stale = stale;
     }
 
     /// Every probe target with its starting schedule (fast: nothing is known yet).
@@ -325,6 +375,7 @@ impl Brain {
             let due = self.published[s]
                 .as_ref()
                 .and_then(Selection::next_recompute)
+                .or(self.hold[s])
                 .is_some_and(|d| d <= now);
             if changed || due {
                 self.recompute(s, now, None)?;
@@ -345,7 +396,8 @@ impl Brain {
             .iter()
             .flatten()
             .filter_map(Selection::next_recompute);
-        states.chain(selections).min()
+        let holds = self.hold.iter().flatten().copied();
+        states.chain(selections).chain(holds).min()
     }
 
     /// Publishes every service (at start, and after MACs change).
@@ -374,6 +426,20 @@ impl Brain {
             self.published[s] = None;
             self.recompute(s, now, None)?;
         }
+        let stale = std::mem::take(&mut self.stale);
+        if stale != crate::layout::Stale::default() {
+            tracing::info!(
+                keys = stale.keys.len(),
+                backends = stale.backends.len(),
+                "removing what the adopted maps hold and the config no longer has"
+            );
+        }
+        self.dp
+            .clear_traffic(&stale.new_services, &stale.new_backends)?;
+        self.dp.remove_keys(&stale.keys)?;
+        for id in stale.backends {
+            self.dp.clear_backend(id)?;
+        }
         Ok(())
     }
 
@@ -391,57 +457,106 @@ impl Brain {
         Ok(())
     }
 
-    /// Applies a new config without touching what did not change: services whose settings
-    /// changed are re-selected and republished, the others are left alone, backend states
-    /// (and the connection tables) are kept. A change of the layout (services or backends
-    /// added, removed or reordered, table or map sizes) is refused: it needs a restart,
-    /// during which the pinned tables keep forwarding.
+    /// Applies a new config without touching what did not change. Services and backends
+    /// are matched by name: those that stay keep their ids, table halves, states (and so
+    /// their connection-table entries); changed services are re-selected and republished;
+    /// added ones get free ids and are published once their backends have first verdicts;
+    /// removed ones lose their keys, and removed backends are cleared (their flows are
+    /// re-picked). Unaffected services see no map write at all. A config that does not fit
+    /// the loaded maps is refused and nothing changes.
     pub fn reload(&mut self, cfg: Config, now: Instant) -> Result<Reloaded, String> {
-        let layout = crate::layout::plan(&cfg);
-        let shape = |l: &Layout| -> Vec<ServiceShape> {
-            l.services
-                .iter()
-                .map(|s| ServiceShape {
-                    name: s.name.clone(),
-                    entry: (
-                        s.entry.id,
-                        s.entry.ring_base,
-                        s.entry.ring_size,
-                        s.entry.keys.clone(),
-                    ),
-                    backends: s.backends.iter().map(|b| (b.name.clone(), b.id)).collect(),
-                })
-                .collect()
-        };
-        if shape(&layout) != shape(&self.layout) || layout.sizes != self.layout.sizes {
-            return Err("this change adds, removes or reorders services or backends, or changes a table or map size: \
-                 restart the daemon to apply it (`systemctl restart failover`; the pinned tables keep forwarding meanwhile)"
-                .into());
-        }
+        let layout = crate::layout::replan(&cfg, &self.layout).map_err(|e| {
+            format!(
+                "reload rejected, the running config stays: {e}. Restart the daemon to size the maps for it \
+                 (`systemctl restart failover`: forwarding goes on from the pinned tables, and the \
+                 connection tables are kept where their size does not change)"
+            )
+        })?;
         let mut out = Reloaded::default();
-        let old_targets: Vec<Target> = self.targets.iter().map(|t| t.target.clone()).collect();
+        let n = cfg.services.len();
+        let mut states = Vec::with_capacity(n);
+        let mut selectors = Vec::with_capacity(n);
+        let mut published = Vec::with_capacity(n);
+        let mut hold = Vec::with_capacity(n);
+        let mut fresh_services = Vec::new();
+        let mut fresh_backends = Vec::new();
+        let mut republish = Vec::new();
         for (s, svc) in cfg.services.iter().enumerate() {
-            if *svc == self.cfg.services[s] {
+            let sl = &layout.services[s];
+            let Some(o) = self.cfg.services.iter().position(|x| x.name == svc.name) else {
+                out.added.push(svc.name.clone());
+                states.push(
+                    svc.backends
+                        .iter()
+                        .map(|b| new_state(b, svc.port.port(), now))
+                        .collect::<Vec<_>>(),
+                );
+                selectors.push(TierSelector::new(TierPolicy::from(svc)));
+                published.push(None);
+                hold.push(Some(now + first_verdicts_wait(svc)));
+                fresh_services.push(sl.entry.id);
+                fresh_backends.extend(sl.backends.iter().map(|b| b.id));
                 continue;
-            }
-            self.selectors[s].set_policy(TierPolicy::from(svc));
+            };
+            let old = &self.cfg.services[o];
+            let changed = svc != old || *sl != self.layout.services[o];
+            let mut svc_states = Vec::with_capacity(svc.backends.len());
             for (b, backend) in svc.backends.iter().enumerate() {
-                let old = &self.cfg.services[s].backends[b];
-                if backend.check != old.check
-                    || backend.address != old.address
-                    || backend.port != old.port
-                {
-                    // Another thing to check: start from "unknown" again.
-                    self.states[s][b] = new_state(backend, svc.port.port(), now);
-                } else {
-                    self.states[s][b].set_thresholds(Thresholds::from(&backend.check));
-                }
+                let kept = old.backends.iter().position(|x| x.name == backend.name);
+                let state = match kept {
+                    Some(ob)
+                        if old.backends[ob].check == backend.check
+                            && old.backends[ob].address == backend.address
+                            && old.backends[ob].port == backend.port =>
+                    {
+                        let mut st = self.states[o][ob].clone();
+                        st.set_thresholds(Thresholds::from(&backend.check));
+                        st
+                    }
+                    // New, or another thing to check: start from "unknown" again.
+                    _ => {
+                        if kept.is_none() {
+                            fresh_backends.push(sl.backends[b].id);
+                        }
+                        new_state(backend, svc.port.port(), now)
+                    }
+                };
+                svc_states.push(state);
             }
-            out.services.push(svc.name.clone());
+            states.push(svc_states);
+            let mut selector = self.selectors[o].clone();
+            if changed {
+                selector.set_policy(TierPolicy::from(svc));
+                out.services.push(svc.name.clone());
+                republish.push(s);
+            }
+            selectors.push(selector);
+            published.push(if changed {
+                None
+            } else {
+                self.published[o].clone()
+            });
+            hold.push(self.hold[o]);
         }
+        let removed: Vec<usize> = (0..self.cfg.services.len())
+            .filter(|&o| {
+                cfg.services
+                    .iter()
+                    .all(|x| x.name != self.cfg.services[o].name)
+            })
+            .collect();
+        out.removed = removed
+            .iter()
+            .map(|&o| self.cfg.services[o].name.clone())
+            .collect();
         let globals_changed = program::globals(&cfg) != program::globals(&self.cfg);
+        let old_layout = std::mem::replace(&mut self.layout, layout);
+        let old_targets: Vec<Target> = self.targets.iter().map(|t| t.target.clone()).collect();
         self.cfg = cfg;
-        self.layout = layout;
+        self.states = states;
+        self.selectors = selectors;
+        self.published = published;
+        self.hold = hold;
         self.targets = group_targets(&self.cfg);
         out.targets_changed = self
             .targets
@@ -451,24 +566,68 @@ impl Brain {
         if out.targets_changed {
             self.generation += 1;
         }
+
+        // Write: new ids start from zeroed counters; changed services get their new
+        // tables; then whatever the old layout had and the new one does not goes.
+        let map_err = |what: &str, e: &dyn std::fmt::Display| {
+            format!(
+                "reload: {what}: {e} (the new config is in effect for the services written so far; fix the cause and reload again)"
+            )
+        };
+        self.dp
+            .clear_traffic(&fresh_services, &fresh_backends)
+            .map_err(|e| map_err("clearing counters", &e))?;
         if globals_changed {
             self.dp
                 .set_globals(&program::globals(&self.cfg))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| map_err("globals", &e))?;
         }
-        for name in &out.services {
-            if let Some(s) = self.cfg.services.iter().position(|x| &x.name == name) {
-                self.published[s] = None;
-                self.recompute(s, now, None)
-                    .map_err(|e| format!("{name}: {e}"))?;
-            }
+        for s in republish {
+            self.recompute(s, now, None)
+                .map_err(|e| map_err(&self.cfg.services[s].name.clone(), &e))?;
+        }
+        let live_keys: Vec<failover_common::ServiceKey> = self
+            .layout
+            .services
+            .iter()
+            .flat_map(|s| s.entry.keys.iter().copied())
+            .collect();
+        let live_backends: Vec<u32> = self
+            .layout
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .collect();
+        // Keys a live service still has (a renamed service keeps its VIP) stay.
+        for &o in &removed {
+            self.dp.forget_table(old_layout.services[o].entry.id);
+        }
+        let gone_keys: Vec<failover_common::ServiceKey> = old_layout
+            .services
+            .iter()
+            .flat_map(|s| s.entry.keys.iter().copied())
+            .filter(|k| !live_keys.contains(k))
+            .collect();
+        self.dp
+            .remove_keys(&gone_keys)
+            .map_err(|e| map_err("removing service keys", &e))?;
+        for id in old_layout
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| b.id))
+            .filter(|id| !live_backends.contains(id))
+        {
+            self.dp
+                .clear_backend(id)
+                .map_err(|e| map_err("clearing a removed backend", &e))?;
         }
         self.push_event(Event {
             at: now,
             service: "-".into(),
             backend: None,
-            what: format!("reloaded: {} service(s) changed", out.services.len()),
+            what: format!("reloaded: {out}"),
         });
+        tracing::info!(added = ?out.added, removed = ?out.removed, changed = ?out.services, "config reloaded");
         Ok(out)
     }
 
@@ -682,6 +841,9 @@ impl Brain {
             median: times[times.len() / 2],
             max: times[times.len() - 1],
             samples: times.len(),
+            bounds_us: SWITCH_BOUNDS_US.to_vec(),
+            buckets: self.switch_histogram.0.to_vec(),
+            sum_us: self.switch_histogram.1,
         });
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -828,6 +990,15 @@ impl Brain {
         now: Instant,
         cause: Option<Instant>,
     ) -> Result<(), ProgramError> {
+        if let Some(until) = self.hold[s] {
+            let unknown = self.states[s]
+                .iter()
+                .any(|st| st.health() == crate::selection::state::Health::Unknown);
+            if unknown && now < until {
+                return Ok(());
+            }
+            self.hold[s] = None;
+        }
         let svc = &self.cfg.services[s];
         let inputs = inputs(svc, &self.states[s]);
         let sel = self.selectors[s].select(now, &inputs);
@@ -876,6 +1047,10 @@ impl Brain {
                 self.switch_times.pop_back();
             }
             self.switch_times.push_front(d);
+            let us = d.as_micros() as u64;
+            let bucket = SWITCH_BOUNDS_US.partition_point(|&b| b < us);
+            self.switch_histogram.0[bucket] += 1;
+            self.switch_histogram.1 += us;
         }
         let what = format!("selection: {} ({})", members.join(","), sel.reason);
         self.push_event(Event {

@@ -27,6 +27,8 @@ use crate::{
 
 /// How often backend MAC addresses are re-read from the kernel.
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(5);
+/// How soon to look again while a backend's MAC is unresolved.
+const UNRESOLVED_REFRESH: Duration = Duration::from_millis(250);
 
 const fn attach_mode(m: XdpMode) -> AttachMode {
     match m {
@@ -36,16 +38,26 @@ const fn attach_mode(m: XdpMode) -> AttachMode {
     }
 }
 
+/// Backend MACs, and the egress interface of backends not behind the attached interface.
+type Resolved = (HashMap<IpAddr, [u8; 6]>, HashMap<IpAddr, u32>);
+
 /// Resolves every backend's next-hop MAC; unresolved ones get zeros (and a warning): the
 /// packet path drops their packets with `drop_backend_unresolved` until they resolve.
-fn resolve_all(cfg: &Config, wait: Duration) -> HashMap<IpAddr, [u8; 6]> {
+/// Backends routed through another interface than `cfg.interface` get its ifindex.
+fn resolve_all(cfg: &Config, wait: Duration) -> Resolved {
     let mut macs = HashMap::new();
+    let mut egress = HashMap::new();
     for b in cfg.services.iter().flat_map(|s| &s.backends) {
         if macs.contains_key(&b.address) {
             continue;
         }
         let mac = match neighbor::resolve(b.address, wait) {
-            Ok(hop) => hop.mac,
+            Ok(hop) => {
+                if let Some(ifindex) = hop.egress(&cfg.interface) {
+                    egress.insert(b.address, ifindex);
+                }
+                hop.mac
+            }
             Err(e) => {
                 tracing::warn!(backend = %b.address, error = %e, "backend MAC unresolved");
                 [0; 6]
@@ -53,7 +65,7 @@ fn resolve_all(cfg: &Config, wait: Duration) -> HashMap<IpAddr, [u8; 6]> {
         };
         macs.insert(b.address, mac);
     }
-    macs
+    (macs, egress)
 }
 
 /// Most probes in flight at once (each bounded by its own timeout).
@@ -68,24 +80,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("control socket {}", cfg.control_socket.display()))?;
-    let plan = layout::plan(&cfg);
     let pins = Pins::prepare(&cfg.pin_dir)?;
-    let adopting = match pins.adoptable(&plan.sizes) {
-        Some(true) => true,
-        Some(false) => {
-            tracing::warn!(pin_dir = %cfg.pin_dir.display(), "pinned maps have other sizes (the config changed them): starting with fresh tables; established flows will be re-picked");
-            pins.clear_maps()?;
-            false
-        }
-        None => false,
-    };
-    let mut ebpf = loader::load_balancer_pinned(&plan.sizes, cfg.xdp_log_level, Some(&pins))?;
+    let (mut dp, plan, stale) = open_tables(&cfg, &pins)?;
+    let adopting = stale.is_some();
     let mut logger = if cfg.xdp_log_level == XdpLogLevel::Off {
         None
     } else {
-        Some(aya_log::EbpfLogger::init(&mut ebpf).context("starting the XDP program's logger")?)
+        Some(
+            aya_log::EbpfLogger::init(dp.ebpf_mut())
+                .context("starting the XDP program's logger")?,
+        )
     };
-    let mut dp = Dataplane::new(ebpf)?;
     if adopting {
         let entries: Vec<_> = plan.services.iter().map(|s| s.entry.clone()).collect();
         dp.adopt(&entries);
@@ -101,10 +106,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     .map_err(|e| anyhow::anyhow!("polling the RESETS ring buffer: {e}"))?;
     let cfg_for_macs = cfg.clone();
-    let macs =
+    let (macs, egress) =
         tokio::task::spawn_blocking(move || resolve_all(&cfg_for_macs, Duration::from_secs(1)))
             .await?;
+    dp.set_egress(&egress)?;
     let mut brain = Brain::new(cfg.clone(), plan, dp, macs, Instant::now());
+    if let Some(stale) = stale {
+        brain.remove_at_publish(stale);
+    }
     let started = Instant::now();
     let (control_tx, mut control) = mpsc::channel(64);
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -234,11 +243,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     let _ = tx.try_send(resolve_all(&cfg2, Duration::from_millis(500)));
                 });
             }
-            Some(macs) = fresh_macs.recv() => brain.set_macs(macs, Instant::now())?,
+            Some((macs, egress)) = fresh_macs.recv() => {
+                match brain.dataplane_mut().set_egress(&egress) {
+                    Ok(true) => {
+                        tracing::info!("backend egress interfaces changed; rewriting backends");
+                        brain.publish_all(Instant::now())?;
+                    }
+                    Ok(false) => {}
+                    // The backends keep their previous interfaces; the next refresh retries.
+                    Err(e) => tracing::warn!(error = %e, "backend egress interfaces not updated"),
+                }
+                // A backend whose MAC is not known yet (new, or its neighbour entry expired)
+                // takes no traffic: look again soon rather than in 5 s.
+                if macs.values().any(|m| *m == [0; 6]) {
+                    refresh.reset_after(UNRESOLVED_REFRESH);
+                }
+                brain.set_macs(macs, Instant::now())?;
+            }
             Some((request, reply)) = control.recv() => {
                 let response = if request == Request::Reload {
                     match reload(&mut cfg, &mut brain, &mut probes, &checker, &reports_tx) {
-                        Ok(message) => Response::Done { message },
+                        Ok(message) => {
+                            // Backends the reload added need their MACs and interfaces.
+                            refresh.reset_immediately();
+                            Response::Done { message }
+                        }
                         Err(message) => Response::Error { message },
                     }
                 } else {
@@ -248,7 +277,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
             _ = hup.recv() => {
                 // SIGHUP: the same as `failover reload`; the outcome goes to the log.
-                let _ = reload(&mut cfg, &mut brain, &mut probes, &checker, &reports_tx);
+                if reload(&mut cfg, &mut brain, &mut probes, &checker, &reports_tx).is_ok() {
+                    refresh.reset_immediately();
+                }
             }
         }
     }
@@ -266,6 +297,36 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(pin_dir = %cfg.pin_dir.display(), "stopped: forwarding continues with the last tables (pinned); a new daemon adopts them");
     }
     Ok(())
+}
+
+/// Loads the balancer with its maps: the pinned ones when they fit the config (their
+/// ids and live tables read back from them), else fresh ones. Returns the dataplane, the
+/// layout, and when adopting, what the maps hold that the config no longer has.
+fn open_tables(
+    cfg: &Config,
+    pins: &Pins,
+) -> anyhow::Result<(Dataplane, layout::Layout, Option<layout::Stale>)> {
+    let adoption = pins.adoption(&layout::needs(cfg), &layout::capacity(cfg))?;
+    let ebpf = loader::load_balancer_pinned(&adoption.sizes, cfg.xdp_log_level, Some(pins))?;
+    let dp = Dataplane::new(ebpf)?;
+    if !adoption.tables {
+        return Ok((dp, layout::plan_in(cfg, adoption.sizes)?, None));
+    }
+    match layout::recover(cfg, adoption.sizes, &dp.snapshot()?) {
+        Ok((plan, stale)) => Ok((dp, plan, Some(stale))),
+        Err(e) => {
+            tracing::warn!(error = %e, "the pinned maps cannot hold this config: starting with fresh tables; established flows will be re-picked");
+            drop(dp);
+            pins.clear_maps()?;
+            let sizes = layout::capacity(cfg);
+            let dp = Dataplane::new(loader::load_balancer_pinned(
+                &sizes,
+                cfg.xdp_log_level,
+                Some(pins),
+            )?)?;
+            Ok((dp, layout::plan_in(cfg, sizes)?, None))
+        }
+    }
 }
 
 /// Re-reads the config file and applies the difference; a config that fails validation
@@ -311,19 +372,13 @@ fn reload(
                 );
             }
             *cfg = fresh;
-            let message = if done.services.is_empty() {
-                "reloaded: nothing changed".to_string()
-            } else {
-                format!("reloaded: changed {}", done.services.join(", "))
-            };
+            let message = format!("reloaded: {done}");
             tracing::info!("{message}");
             Ok(message)
         }
         Err(message) => {
-            tracing::error!("reload rejected: {message}");
-            Err(format!(
-                "reload rejected, the running config stays: {message}"
-            ))
+            tracing::error!("{message}");
+            Err(message)
         }
     }
 }

@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use failover_common::{
     Backend, Counter, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowKey4, FlowValue, ForwardMode, Globals,
@@ -60,6 +60,18 @@ pub enum DataplaneError {
         /// Map size.
         len: u32,
     },
+    /// An egress interface could not be added to `EGRESS`.
+    #[error(
+        "adding interface {ifindex} to the EGRESS devmap failed (more than {max} egress interfaces? check `ip route get BACKEND` for each backend)",
+        max = maps::EGRESS_INTERFACES
+    )]
+    Egress {
+        /// The interface index.
+        ifindex: u32,
+        /// What aya said.
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
 }
 
 /// A service as the dataplane stores it.
@@ -73,8 +85,9 @@ pub struct ServiceEntry {
     pub mode: ForwardMode,
     /// `SVC_F_*` bits.
     pub flags: u32,
-    /// First of its `2 * ring_size` slots in `RINGS`.
-    pub ring_base: u32,
+    /// First slots of its two tables of `ring_size` slots in `RINGS`: one is live, the
+    /// next table is written into the other.
+    pub halves: [u32; 2],
     /// Maglev table size (prime).
     pub ring_size: u32,
 }
@@ -152,6 +165,8 @@ pub struct Dataplane {
     scratch: Vec<u32>,
     /// What each backend id last had written.
     written: StdHashMap<u32, Backend>,
+    /// Egress ifindex of each backend address reached through another interface.
+    egress: StdHashMap<IpAddr, u32>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -203,6 +218,7 @@ impl Dataplane {
             active: StdHashMap::new(),
             scratch: Vec::new(),
             written: StdHashMap::new(),
+            egress: StdHashMap::new(),
             ebpf,
         })
     }
@@ -220,8 +236,7 @@ impl Dataplane {
                 self.services6.get(key, 0)
             };
             if let Ok(v) = value {
-                if v.ring_offset == svc.ring_base || v.ring_offset == svc.ring_base + svc.ring_size
-                {
+                if svc.halves.contains(&v.ring_offset) {
                     self.active.insert(svc.id, v.ring_offset);
                 }
             }
@@ -285,19 +300,19 @@ impl Dataplane {
         fill: impl FnOnce(&mut [u32]) -> Result<bool, E>,
     ) -> Result<Result<(), E>, DataplaneError> {
         let size = svc.ring_size as usize;
-        let end = svc.ring_base as u64 + 2 * svc.ring_size as u64;
+        let inactive = match self.active.get(&svc.id) {
+            Some(&a) if a == svc.halves[0] => svc.halves[1],
+            _ => svc.halves[0],
+        };
+        let end = u64::from(inactive) + u64::from(svc.ring_size);
         if end > self.rings.len as u64 {
             return Err(DataplaneError::RingRange {
                 id: svc.id,
-                base: svc.ring_base,
+                base: inactive,
                 end,
                 len: self.rings.len as u32,
             });
         }
-        let inactive = match self.active.get(&svc.id) {
-            Some(&a) if a == svc.ring_base => svc.ring_base + svc.ring_size,
-            _ => svc.ring_base,
-        };
         let start = inactive as usize;
         self.scratch.clear();
         self.scratch.resize(size, 0);
@@ -339,13 +354,105 @@ impl Dataplane {
     /// The active table of a service (a copy), for `explain` and tests.
     pub fn active_table(&mut self, svc: &ServiceEntry) -> Option<Vec<u32>> {
         let start = *self.active.get(&svc.id)? as usize;
-        let slots = &self.rings.slots()[start..start + svc.ring_size as usize];
+        let slots = self
+            .rings
+            .slots()
+            .get(start..start + svc.ring_size as usize)?;
         Some(slots.iter().map(|&s| s as u32).collect())
+    }
+
+    /// What the service and backend maps hold (to recover a layout from adopted maps).
+    pub fn snapshot(&self) -> Result<crate::layout::Snapshot, DataplaneError> {
+        let op = |name| {
+            move |source| DataplaneError::Op {
+                op: "lookup",
+                name,
+                source,
+            }
+        };
+        let mut services = Vec::new();
+        for entry in self.services4.iter() {
+            let (k, v) = entry.map_err(op(maps::SERVICES4))?;
+            let key = ServiceKey {
+                addr_be: [k.addr_be, 0, 0, 0],
+                port_be: k.port_be,
+                proto: k.proto,
+                family: FAMILY_IPV4,
+                fragments: u32::from(k.fragments),
+            };
+            services.push((key, v));
+        }
+        for entry in self.services6.iter() {
+            services.push(entry.map_err(op(maps::SERVICES6))?);
+        }
+        let mut backends = Vec::new();
+        for id in 0..self.backends.len() {
+            let b = self.backends.get(&id, 0).map_err(op(maps::BACKENDS))?;
+            if b != Backend::default() {
+                backends.push((id, b));
+            }
+        }
+        Ok(crate::layout::Snapshot { services, backends })
+    }
+
+    /// Clears backend `id`: flows still pointing at it are re-picked (or, for a removed
+    /// service, no longer forwarded).
+    pub fn clear_backend(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.set_backend(id, &Backend::default())
+    }
+
+    /// Zeroes the traffic counters of service and backend ids taken by new services and
+    /// backends (an id may have been used before).
+    pub fn clear_traffic(
+        &mut self,
+        services: &[u32],
+        backends: &[u32],
+    ) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Op {
+            op: "count CPUs for",
+            name: maps::SERVICE_TRAFFIC,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: e,
+            }),
+        })?;
+        let zero = || PerCpuValues::try_from(vec![Traffic::default(); cpus]);
+        for (map, ids, name) in [
+            (&mut self.service_traffic, services, maps::SERVICE_TRAFFIC),
+            (&mut self.backend_traffic, backends, maps::BACKEND_TRAFFIC),
+        ] {
+            for &id in ids {
+                let values = zero().map_err(|e| DataplaneError::Op {
+                    op: "update",
+                    name,
+                    source: MapError::IoError(e),
+                })?;
+                map.set(id, values, 0)
+                    .map_err(|source| DataplaneError::Op {
+                        op: "update",
+                        name,
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes a service's keys (its flows age out of the LRU table).
     pub fn remove_service(&mut self, svc: &ServiceEntry) -> Result<(), DataplaneError> {
-        for key in &svc.keys {
+        self.remove_keys(&svc.keys)?;
+        self.active.remove(&svc.id);
+        Ok(())
+    }
+
+    /// Forgets which half of service `id`'s table is live (the id is no longer in use).
+    pub fn forget_table(&mut self, id: u32) {
+        self.active.remove(&id);
+    }
+
+    /// Deletes service keys (absent ones are fine).
+    pub fn remove_keys(&mut self, keys: &[ServiceKey]) -> Result<(), DataplaneError> {
+        for key in keys {
             let (name, done) = if key.family == FAMILY_IPV4 {
                 (maps::SERVICES4, self.services4.remove(&key.v4()))
             } else {
@@ -362,7 +469,6 @@ impl Dataplane {
                 }
             }
         }
-        self.active.remove(&svc.id);
         Ok(())
     }
 
@@ -410,6 +516,46 @@ impl Dataplane {
     /// A backend's traffic, summed over CPUs.
     pub fn backend_traffic(&self, id: u32) -> Result<Traffic, DataplaneError> {
         sum_traffic(&self.backend_traffic, id, maps::BACKEND_TRAFFIC)
+    }
+}
+
+/// Backends reached through another interface than the attached one: XDP_REDIRECT through
+/// the `EGRESS` devmap, keyed by the ifindex stored in `Backend::ifindex`.
+impl Dataplane {
+    /// Sets the egress interface (ifindex) of every backend address that is not reached
+    /// through the attached interface, adding those interfaces to `EGRESS` first. Returns
+    /// whether anything changed: the backends must then be rewritten, since
+    /// [`Dataplane::egress`] gives their `ifindex`.
+    pub fn set_egress(&mut self, egress: &StdHashMap<IpAddr, u32>) -> Result<bool, DataplaneError> {
+        if *egress == self.egress {
+            return Ok(false);
+        }
+        let map = self.ebpf.map_mut(maps::EGRESS).ok_or(DataplaneError::Map {
+            name: maps::EGRESS,
+            source: None,
+        })?;
+        let mut devmap = aya::maps::DevMapHash::try_from(map).map_err(|e| DataplaneError::Map {
+            name: maps::EGRESS,
+            source: Some(e),
+        })?;
+        let mut interfaces: Vec<u32> = egress.values().copied().collect();
+        interfaces.sort_unstable();
+        interfaces.dedup();
+        // Entries are never removed: one still in use must not vanish before the backends
+        // are rewritten, and the kernel drops an interface's entry when it goes away.
+        for ifindex in interfaces {
+            devmap
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|source| DataplaneError::Egress { ifindex, source })?;
+        }
+        self.egress.clone_from(egress);
+        Ok(true)
+    }
+
+    /// The `Backend::ifindex` of backend address `addr`: its egress interface, or 0 when it
+    /// is reached through the attached interface (XDP_TX).
+    pub fn egress(&self, addr: IpAddr) -> u32 {
+        self.egress.get(&addr).copied().unwrap_or(0)
     }
 }
 

@@ -100,7 +100,7 @@ pub const fn log_level_value(l: XdpLogLevel) -> u8 {
 }
 
 /// Every sized map and its entries for `sizes`.
-pub fn map_entries(sizes: &MapSizes) -> [(&'static str, u32); 11] {
+pub fn map_entries(sizes: &MapSizes) -> [(&'static str, u32); 12] {
     [
         (SERVICES4, sizes.service_keys.max(1)),
         (SERVICES6, sizes.service_keys.max(1)),
@@ -113,6 +113,11 @@ pub fn map_entries(sizes: &MapSizes) -> [(&'static str, u32); 11] {
         (NAT_REPLIES, sizes.nat_flows.max(1)),
         (COUNTERS, Counter::COUNT),
         (failover_common::maps::GLOBALS, 1),
+        // Interfaces, not config items: a fixed bound (an entry is 8 bytes).
+        (
+            failover_common::maps::EGRESS,
+            failover_common::maps::EGRESS_INTERFACES,
+        ),
     ]
 }
 

@@ -10,8 +10,10 @@ use std::{fmt, future::Future, time::Duration};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
+    },
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 use tokio::{
@@ -154,6 +156,15 @@ impl Collector for Snapshot {
         )?;
         family(
             e,
+            "verdict_to_map_seconds",
+            "Time from a health verdict to the switched Maglev table, every switch since the start",
+            s.switch_time_us
+                .iter()
+                .filter(|t| t.buckets.len() == t.bounds_us.len() + 1)
+                .map(|t| (NO_LABELS, SwitchHistogram(t))),
+        )?;
+        family(
+            e,
             "uptime_seconds",
             "Seconds since the daemon started",
             [(NO_LABELS, ConstGauge::new(s.uptime_secs))],
@@ -170,6 +181,28 @@ impl Collector for Snapshot {
                 ConstGauge::new(1i64),
             )],
         )
+    }
+}
+
+/// The switch-time histogram the brain keeps, as a Prometheus histogram.
+struct SwitchHistogram<'a>(&'a crate::control::protocol::SwitchTimes);
+
+impl EncodeMetric for SwitchHistogram<'_> {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        let t = self.0;
+        let buckets: Vec<(f64, u64)> = t
+            .bounds_us
+            .iter()
+            .map(|&us| us as f64 / 1e6)
+            .chain([f64::INFINITY])
+            .zip(t.buckets.iter().copied())
+            .collect();
+        let count = t.buckets.iter().sum();
+        encoder.encode_histogram::<NoLabelSet>(t.sum_us as f64 / 1e6, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -461,6 +494,12 @@ mod tests {
                 r#"failover_map_switch_seconds{quantity="last"} 0.00012"#,
                 r#"failover_map_switch_seconds{quantity="median"} 0.0001"#,
                 r#"failover_map_switch_seconds{quantity="max"} 0.0003"#,
+                "# TYPE failover_verdict_to_map_seconds histogram",
+                r#"failover_verdict_to_map_seconds_bucket{le="0.0001"} 4"#,
+                r#"failover_verdict_to_map_seconds_bucket{le="0.001"} 12"#,
+                r#"failover_verdict_to_map_seconds_bucket{le="+Inf"} 12"#,
+                "failover_verdict_to_map_seconds_sum 0.0015",
+                "failover_verdict_to_map_seconds_count 12",
                 "failover_uptime_seconds 12.5",
                 r#"failover_build_info{version="0.1.0",interface="eth0"} 1"#,
             ],

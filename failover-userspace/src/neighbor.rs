@@ -49,6 +49,27 @@ pub struct NextHop {
     pub mac: [u8; 6],
 }
 
+impl NextHop {
+    /// The index of the interface frames leave by, when that is not `attached` (the one
+    /// the XDP program sits on): the packet path then redirects them there instead of
+    /// sending them back out with XDP_TX. `None` for the attached interface, or when the
+    /// interface has vanished since the route was read.
+    pub fn egress(&self, attached: &str) -> Option<u32> {
+        if self.dev == attached {
+            return None;
+        }
+        ifindex(&self.dev)
+    }
+}
+
+/// The index of interface `dev`, if it exists.
+pub fn ifindex(dev: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(dev).ok()?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 fn ip_json(args: &[&str]) -> Result<serde_json::Value, NeighborError> {
     let out = Command::new("ip")
         .arg("-j")
@@ -144,7 +165,19 @@ fn prompt(addr: IpAddr) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_mac;
+    use super::{NextHop, parse_mac};
+
+    #[test]
+    fn the_attached_interface_is_no_egress() {
+        let hop = |dev: &str| NextHop {
+            dev: dev.into(),
+            via: "198.18.0.101".parse().unwrap(),
+            mac: [2, 0, 0, 0, 0, 1],
+        };
+        assert_eq!(hop("lo").egress("lo"), None);
+        assert_eq!(hop("lo").egress("eth9"), Some(1), "lo is interface 1");
+        assert_eq!(hop("fo-no-such-if").egress("lo"), None);
+    }
 
     #[test]
     fn macs_parse_strictly() {

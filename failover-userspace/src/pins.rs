@@ -4,8 +4,8 @@
 //! its program into the pinned link atomically (`bpf_link_update`).
 //!
 //! Layout of `pin_dir`: one file per map, named as the map (`FLOWS4`, `RINGS`, ...), and
-//! `link` (the XDP link). Maps are only adopted when their sizes match the config's;
-//! otherwise the daemon starts from fresh maps (and says so).
+//! `link` (the XDP link). Maps are adopted when they are big enough for the config (see
+//! [`Pins::adoption`]); otherwise the daemon starts from fresh maps (and says so).
 
 use std::{
     ffi::CString,
@@ -85,6 +85,15 @@ pub enum PinError {
     },
 }
 
+/// What [`Pins::adoption`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Adoption {
+    /// The sizes to load with (pinned maps keep theirs).
+    pub sizes: MapSizes,
+    /// Whether the service tables are adopted (else every map is fresh).
+    pub tables: bool,
+}
+
 /// The pinned state's directory.
 pub struct Pins {
     dir: PathBuf,
@@ -155,25 +164,80 @@ impl Pins {
         self.dir.join("link")
     }
 
-    /// Whether pinned maps exist and all have the sizes `sizes` asks for (so they can be
-    /// adopted as they are). Returns `None` when nothing is pinned.
-    pub fn adoptable(&self, sizes: &MapSizes) -> Option<bool> {
-        let want = loader::map_entries(sizes);
-        let mut any = false;
-        for (name, entries) in want {
-            let path = self.map_path(name);
-            if !path.exists() {
-                continue;
+    /// Entries of the map pinned as `name`, if one is.
+    fn pinned_entries(&self, name: &str) -> Option<u32> {
+        let path = self.map_path(name);
+        if !path.exists() {
+            return None;
+        }
+        MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .ok()
+            .map(|i| i.max_entries())
+    }
+
+    /// Decides what to adopt for a config that needs `needs` (fresh maps get `fresh`):
+    /// the service tables (services, rings, backends, counters) together when every one
+    /// is pinned and big enough, keeping their pinned sizes; then each connection table
+    /// that is pinned and big enough. A pinned map that does not fit is removed, so the
+    /// loader creates it afresh (with the service tables go the connection tables: their
+    /// backend ids would mean nothing in fresh tables).
+    pub fn adoption(&self, needs: &MapSizes, fresh: &MapSizes) -> Result<Adoption, PinError> {
+        let get = |name| self.pinned_entries(name);
+        let keys = get(SERVICES4).filter(|&n| Some(n) == get(SERVICES6));
+        let backends = get(BACKENDS).filter(|&n| Some(n) == get(BACKEND_TRAFFIC));
+        let tables = match (keys, get(RINGS), backends, get(SERVICE_TRAFFIC)) {
+            (Some(k), Some(r), Some(b), Some(s))
+                if k >= needs.service_keys
+                    && r >= needs.ring_slots
+                    && b >= needs.backends
+                    && s >= needs.services
+                    && get(COUNTERS) == Some(failover_common::Counter::COUNT)
+                    && get(GLOBALS) == Some(1) =>
+            {
+                Some(MapSizes {
+                    service_keys: k,
+                    ring_slots: r,
+                    backends: b,
+                    services: s,
+                    ..*fresh
+                })
             }
-            any = true;
-            let ok = MapData::from_pin(&path)
-                .and_then(|m| m.info())
-                .is_ok_and(|i| i.max_entries() == entries);
-            if !ok {
-                return Some(false);
+            _ => None,
+        };
+        let Some(mut sizes) = tables else {
+            if PINNED_MAPS.iter().any(|m| self.map_path(m).exists()) {
+                tracing::warn!(pin_dir = %self.dir.display(), "the pinned maps do not fit this config (or another version made them): starting with fresh tables; established flows will be re-picked");
+                self.clear_maps()?;
+            }
+            return Ok(Adoption {
+                sizes: *fresh,
+                tables: false,
+            });
+        };
+        for (name, need, size) in [
+            (FLOWS4, needs.flows4, &mut sizes.flows4),
+            (FLOWS6, needs.flows6, &mut sizes.flows6),
+            (NAT_REPLIES, needs.nat_flows, &mut sizes.nat_flows),
+        ] {
+            match get(name) {
+                Some(n) if n >= need => *size = n,
+                Some(n) => {
+                    tracing::warn!(
+                        map = name,
+                        pinned = n,
+                        need,
+                        "the pinned connection table is too small for this config: it starts afresh (its flows are re-picked)"
+                    );
+                    unpin(self.map_path(name))?;
+                }
+                None => {}
             }
         }
-        any.then_some(true)
+        Ok(Adoption {
+            sizes,
+            tables: true,
+        })
     }
 
     /// Removes every pinned map (not the link).

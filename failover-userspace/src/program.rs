@@ -74,7 +74,7 @@ pub fn globals(cfg: &Config) -> Globals {
 /// Writes one service: each backend (usable bit = keeps established flows), then its
 /// Maglev table over `members.new_flows`, flipped in with one update. `mac` gives each
 /// backend's next-hop MAC (zero when unresolved: the packet path then drops with
-/// `drop_backend_unresolved`).
+/// `drop_backend_unresolved`); its egress interface comes from [`Dataplane::egress`].
 pub fn apply_service(
     dp: &mut Dataplane,
     svc: &ServiceConfig,
@@ -98,7 +98,7 @@ pub fn apply_service(
             flags,
             mac: mac(b.address),
             port_be: b.port.unwrap_or(0).to_be(),
-            ifindex: 0,
+            ifindex: dp.egress(b.address),
             mode: sl.entry.mode as u32,
         };
         dp.set_backend(slot.id, &value)?;

@@ -88,6 +88,11 @@ impl Daemon {
     /// Writes `config` to a file and starts `failover run` in `ns`; waits (bounded) until it
     /// logs that it is forwarding.
     pub fn start(ns: &Netns, config: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(ns, config, &[])
+    }
+
+    /// [`Daemon::start`], with extra environment variables (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn start_with_env(ns: &Netns, config: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let path = std::env::temp_dir().join(format!("{}-failover.toml", ns.name()));
         // Every lab pins in a directory of its own, removed with the guard.
         let pin_dir = test_bpffs()?.join(ns.name());
@@ -105,6 +110,7 @@ impl Daemon {
             )
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

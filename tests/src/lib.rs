@@ -3,7 +3,9 @@
 //! programs attached in it ([`xdp`]), and a packet-test rig that runs the real XDP object
 //! through BPF_PROG_TEST_RUN ([`rig`]).
 
+pub mod checks_bench;
 pub mod daemon;
+pub mod drill;
 pub mod lab;
 pub mod rig;
 pub mod xdp;

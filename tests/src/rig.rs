@@ -19,6 +19,8 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 /// Transmit back out of the interface.
 pub const XDP_TX: u32 = 3;
+/// Redirect (here: through the `EGRESS` devmap to another interface).
+pub const XDP_REDIRECT: u32 = 4;
 
 /// The name of a verdict, for messages.
 pub fn verdict_name(v: u32) -> &'static str {
@@ -27,7 +29,7 @@ pub fn verdict_name(v: u32) -> &'static str {
         XDP_DROP => "XDP_DROP",
         XDP_PASS => "XDP_PASS",
         XDP_TX => "XDP_TX",
-        4 => "XDP_REDIRECT",
+        XDP_REDIRECT => "XDP_REDIRECT",
         _ => "unknown",
     }
 }

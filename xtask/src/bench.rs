@@ -23,10 +23,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     )
 }
 
-/// `cargo xtask demo`: builds the daemon and the lab's servers, then runs the demo.
-pub fn demo() -> anyhow::Result<()> {
+/// Builds the daemon and the lab's binaries (servers, demo, drills).
+pub fn build_bins() -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run_cmd(Command::new(&cargo).args([
+    run_cmd(Command::new(cargo).args([
         "build",
         "--quiet",
         "-p",
@@ -34,7 +34,13 @@ pub fn demo() -> anyhow::Result<()> {
         "-p",
         "failover-tests",
         "--bins",
-    ]))?;
+    ]))
+}
+
+/// `cargo xtask demo`: builds the daemon and the lab's servers, then runs the demo.
+pub fn demo() -> anyhow::Result<()> {
+    build_bins()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_cmd(Command::new(cargo).args([
         "run",
         "--quiet",

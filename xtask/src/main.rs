@@ -1,9 +1,11 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench | drill`.
+//! Project tasks: `cargo xtask setup | test | demo | drill | bench | deb`.
 //!
 //! Every install step the project needs lives in `setup`, so a fresh machine needs nothing
 //! done by hand.
 
 mod bench;
+mod deb;
+mod drill;
 mod setup;
 mod test;
 
@@ -30,6 +32,16 @@ enum Task {
     },
     /// Show the product working: a namespace lab, the daemon, traffic, a crash, failback.
     Demo,
+    /// Failover drills: inject faults (crash, blackhole, hang, http-fail, flap,
+    /// tier-failover, lb-restart, reload) into a namespace lab under load, measure, judge;
+    /// writes target/drill/report.txt, report.json and a timeline SVG per drill. Needs root.
+    Drill {
+        /// Drills to run (default: all).
+        scenarios: Vec<String>,
+    },
+    /// Build the Debian package (binary, systemd unit, example config) into target/debian
+    /// with cargo-deb.
+    Deb,
     /// Time the XDP program against a baseline (BPF_PROG_TEST_RUN), Maglev generation and
     /// map memory; writes target/bench/summary.json. Needs root.
     Bench {
@@ -45,5 +57,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { no_lint, filter } => test::run(no_lint, filter.as_deref()),
         Task::Bench { args } => bench::run(&args),
         Task::Demo => bench::demo(),
+        Task::Drill { scenarios } => drill::run(&scenarios),
+        Task::Deb => deb::run().map(drop),
     }
 }

@@ -29,6 +29,15 @@ pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    // SAFETY: geteuid has no preconditions.
+    unsafe { geteuid() == 0 }
+}
+
 fn have(program: &str, arg: &str) -> bool {
     Command::new(program)
         .arg(arg)
@@ -50,6 +59,7 @@ pub fn run() -> anyhow::Result<()> {
         "the eBPF crate builds with nightly; install it with `rustup toolchain install nightly`",
     )?;
     bpf_linker()?;
+    cargo_deb()?;
     println!("setup: done");
     Ok(())
 }
@@ -83,6 +93,21 @@ fn debian_packages() -> anyhow::Result<()> {
 
 /// bpf-linker, built against the LLVM inside the nightly toolchain (no prebuilt binary
 /// can be downloaded here).
+/// cargo-deb, for `cargo xtask deb` (the Debian package; `cargo xtask test` checks it).
+fn cargo_deb() -> anyhow::Result<()> {
+    let present = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        println!("setup: cargo-deb present");
+        return Ok(());
+    }
+    println!("setup: cargo install cargo-deb");
+    run_cmd(Command::new("cargo").args(["install", "cargo-deb", "--locked"]))
+        .context("installing cargo-deb failed")
+}
+
 fn bpf_linker() -> anyhow::Result<()> {
     let tools = tools_dir()?;
     let root = tools.join("bpf-linker");

@@ -53,20 +53,15 @@ pub fn run(no_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
     }
     println!("test: unit tests");
     run_cmd(&mut unit)?;
-    if unsafe { libc_geteuid() } != 0 {
+    if !crate::setup::is_root() {
         bail!(
             "packet and end-to-end tests load BPF programs and create network namespaces: run `cargo xtask test` as root (sudo -E)"
         );
     }
     // The end-to-end tests run the real `failover` binary and the lab's servers.
-    run_cmd(cargo().args([
-        "build",
-        "-p",
-        "failover-userspace",
-        "-p",
-        "failover-tests",
-        "--bins",
-    ]))?;
+    crate::bench::build_bins()?;
+    // The package test inspects the .deb this builds.
+    crate::deb::run()?;
     // Namespace tests share the host's network stack: one at a time.
     let mut e2e = cargo();
     e2e.args(["test", "-p", "failover-tests"]);
@@ -76,9 +71,4 @@ pub fn run(no_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
     e2e.args(["--", "--test-threads=1"]);
     println!("test: packet and end-to-end tests");
     run_cmd(&mut e2e)
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

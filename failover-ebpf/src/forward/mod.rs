@@ -4,11 +4,11 @@ mod dsr;
 mod nat;
 mod tunnel;
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use failover_common::{Backend, Counter, FlowKey, ForwardMode, ServiceValue};
 use failover_ebpf::parse::{EthHdr, L2, L3, ptr_at};
 
-use crate::select::Pick;
+use crate::{maps::EGRESS, select::Pick};
 
 pub use nat::reply as nat_reply;
 
@@ -34,17 +34,39 @@ pub fn forward(
         None => return Err(Counter::DropInternal),
     }
     dsr::set_macs(ctx, &backend.mac)?;
-    Ok(transmit(backend))
+    transmit(backend)
 }
 
-/// XDP_TX back out of the interface, or a redirect when the backend sits behind another.
+/// Sends an ICMP too-big error about a `nat` flow to the flow's backend, its quote
+/// translated back to the packet the backend sent (`vport_be`: the service port the client
+/// addressed, which the backend port replaces when it is 0).
 #[inline(always)]
-fn transmit(backend: &Backend) -> u32 {
-    if backend.ifindex == 0 {
-        xdp_action::XDP_TX
-    } else {
-        unsafe { bpf_redirect(backend.ifindex, 0) as u32 }
+pub fn nat_icmp(
+    ctx: &XdpContext,
+    l3: &L3,
+    quote: &L3,
+    backend: &Backend,
+    vport_be: u16,
+) -> Result<u32, Counter> {
+    if backend.mac == [0; 6] {
+        return Err(Counter::DropBackendUnresolved);
     }
+    nat::icmp_to_backend(ctx, l3, quote, backend, vport_be)?;
+    dsr::set_macs(ctx, &backend.mac)?;
+    transmit(backend)
+}
+
+/// XDP_TX back out of the interface, or XDP_REDIRECT through `EGRESS` when the backend
+/// sits behind another interface.
+#[inline(always)]
+fn transmit(backend: &Backend) -> Result<u32, Counter> {
+    if backend.ifindex == 0 {
+        return Ok(xdp_action::XDP_TX);
+    }
+    // A missing entry yields the flags' action (0): counted and dropped instead.
+    EGRESS
+        .redirect(backend.ifindex, 0)
+        .map_err(|_| Counter::DropNoEgress)
 }
 
 /// The frame's Ethernet header, bounds-checked.

@@ -4,7 +4,8 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use failover_common::{
-    Counter, FAMILY_IPV4, FlowKey, NatOrigin, PROTO_TCP, PROTO_UDP, ResetReport, ServiceValue,
+    Backend, Counter, FAMILY_IPV4, FlowKey, NatOrigin, PROTO_TCP, PROTO_UDP, ResetReport,
+    ServiceValue,
     flow::{NAT_ANSWERED, NAT_F_HIDE_RESET, NAT_SYN_SENT},
     service::SVC_F_HIDE_RESET,
 };
@@ -112,6 +113,92 @@ fn backend_reset(reply: &FlowKey, origin: &NatOrigin) -> bool {
     crate::select::forget(&client);
     let _ = NAT_REPLIES.remove(reply);
     true
+}
+
+/// Rewrites an ICMP too-big error about a `nat` flow (addressed to the VIP, quoting the
+/// reply as the client saw it: VIP:vport -> client) into the error the backend would have
+/// had without us: the outer destination and the quoted source address and port become the
+/// backend's. Patched: the outer IPv4 header checksum, the quoted IPv4 header checksum, the
+/// quoted TCP/UDP checksum when the quote reaches it, and the ICMP checksum (which, for
+/// ICMPv6, covers the outer addresses too).
+#[inline(always)]
+pub fn icmp_to_backend(
+    ctx: &XdpContext,
+    l3: &L3,
+    quote: &L3,
+    backend: &Backend,
+    vport_be: u16,
+) -> Result<(), Counter> {
+    let addr = backend.addr_be;
+    let port_be = if backend.port_be != 0 {
+        backend.port_be
+    } else {
+        vport_be
+    };
+    let icmp_check: *mut u16 = ptr_at(ctx, l3.l4_off + 2).ok_or(Counter::DropAdjustFailed)?;
+    let mut ic = unsafe { *icmp_check };
+    // The quoted source address before the rewrite (the VIP).
+    let mut old: [u32; 4] = [0; 4];
+    if l3.family == FAMILY_IPV4 {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, l3.l3_off).ok_or(Counter::DropAdjustFailed)?;
+        let inner: *mut Ipv4Hdr = ptr_at(ctx, quote.l3_off).ok_or(Counter::DropAdjustFailed)?;
+        unsafe {
+            let dst = (*ip).dst_be;
+            (*ip).dst_be = addr[0];
+            (*ip).check = csum::replace32((*ip).check, dst, addr[0]);
+            old[0] = (*inner).src_be;
+            (*inner).src_be = addr[0];
+            let check = (*inner).check;
+            let fixed = csum::replace32(check, old[0], addr[0]);
+            (*inner).check = fixed;
+            // ICMPv4 sums its own bytes only: the quoted address and header checksum moved.
+            ic = csum::replace32(ic, old[0], addr[0]);
+            ic = csum::replace16(ic, check, fixed);
+        }
+    } else {
+        let ip: *mut Ipv6Hdr = ptr_at(ctx, l3.l3_off).ok_or(Counter::DropAdjustFailed)?;
+        let inner: *mut Ipv6Hdr = ptr_at(ctx, quote.l3_off).ok_or(Counter::DropAdjustFailed)?;
+        unsafe {
+            let dst = (*ip).dst_be;
+            (*ip).dst_be = addr;
+            old = (*inner).src_be;
+            (*inner).src_be = addr;
+            // ICMPv6 sums the pseudo-header (outer destination) and the quoted address.
+            for i in 0..4 {
+                ic = csum::replace32(ic, dst[i], addr[i]);
+                ic = csum::replace32(ic, old[i], addr[i]);
+            }
+        }
+    }
+    let port: *mut u16 = ptr_at(ctx, quote.l4_off).ok_or(Counter::DropAdjustFailed)?;
+    let old_port = unsafe { *port };
+    unsafe { *port = port_be };
+    ic = csum::replace16(ic, old_port, port_be);
+    let check_off = if quote.proto == PROTO_TCP { 16 } else { 6 };
+    // Only 8 bytes of the quoted L4 header are certain: a TCP checksum may be cut off.
+    if let Some(check) = ptr_at::<u16>(ctx, quote.l4_off + check_off) {
+        let c = unsafe { *check };
+        let none = quote.proto == PROTO_UDP && quote.family == FAMILY_IPV4 && c == 0;
+        if !none {
+            let mut n = if quote.family == FAMILY_IPV4 {
+                csum::replace32(c, old[0], addr[0])
+            } else {
+                let mut n = c;
+                for i in 0..4 {
+                    n = csum::replace32(n, old[i], addr[i]);
+                }
+                n
+            };
+            n = csum::replace16(n, old_port, port_be);
+            if quote.proto == PROTO_UDP && n == 0 {
+                n = 0xffff;
+            }
+            unsafe { *check = n };
+            ic = csum::replace16(ic, c, n);
+        }
+    }
+    unsafe { *icmp_check = ic };
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -123,6 +123,17 @@ pub struct SwitchTimes {
     pub max: u64,
     /// How many samples `median` and `max` are computed over.
     pub samples: usize,
+    /// Every switch since the daemon started, as a histogram: `buckets[i]` counts the
+    /// switches that took more than `bounds_us[i - 1]` and at most `bounds_us[i]`
+    /// microseconds; the last bucket (one more than the bounds) counts the slower ones.
+    #[serde(default)]
+    pub bounds_us: Vec<u64>,
+    /// Counts per bucket (see `bounds_us`).
+    #[serde(default)]
+    pub buckets: Vec<u64>,
+    /// Sum of every switch time since the start, in microseconds.
+    #[serde(default)]
+    pub sum_us: u64,
 }
 
 /// One packet-path counter.
@@ -279,6 +290,9 @@ pub(crate) mod tests {
                 median: 100,
                 max: 300,
                 samples: 12,
+                bounds_us: vec![100, 1000],
+                buckets: vec![4, 8, 0],
+                sum_us: 1500,
             }),
         }
     }
@@ -396,7 +410,7 @@ pub(crate) mod tests {
         for snippet in [
             r#"{"version":"0.1.0","interface":"eth0","uptime_secs":12.5,"services":[{"name":"web","vip":"198.18.0.10","port":"80","protocol":"tcp","mode":"dsr","active_tier":0,"panic":false,"reason":"tier 0 healthy","traffic":{"packets":100,"bytes":10000,"new_flows":10},"backends":[{"#,
             r#"{"name":"web-1","address":"10.0.0.1","state":"up","since_secs":3.5,"reason":"3 checks passed","last_check_latency_ms":0.4,"tier":0,"weight":100,"table_weight":100,"new_flows":true,"traffic":{"packets":100,"bytes":10000,"new_flows":10}}"#,
-            r#""counters":[{"name":"drop_no_backend","value":3}],"switch_time_us":{"last":120,"median":100,"max":300,"samples":12}}"#,
+            r#""counters":[{"name":"drop_no_backend","value":3}],"switch_time_us":{"last":120,"median":100,"max":300,"samples":12,"bounds_us":[100,1000],"buckets":[4,8,0],"sum_us":1500}}"#,
         ] {
             assert!(json.contains(snippet), "missing {snippet}\nin {json}");
         }

@@ -596,6 +596,9 @@ drop/pass counters:
             median: 2,
             max: 3,
             samples: 4,
+            bounds_us: Vec::new(),
+            buckets: Vec::new(),
+            sum_us: 0,
         });
         assert!(
             status(&s, None).contains("switch time: last 1us, median 2us, max 3us (4 switches)\n")

@@ -92,6 +92,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tcp_probe_closes_with_a_reset_leaving_no_time_wait() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let result = probe(&target(addr, tcp(None, None), TIMEOUT)).await;
+        assert_eq!(result.outcome, Outcome::Up);
+        // An orderly close would read as end of stream here.
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let read = conn.read(&mut [0u8; 16]).await;
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{read:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn tcp_up_on_ipv6_loopback() {
         let Ok(listener) = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await else {
             eprintln!("skipped: no IPv6 loopback here");

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: times the XDP program through BPF_PROG_TEST_RUN against a baseline
 //! program timed the same way in the same run, reports medians and ratios, map memory, and
-//! Maglev table generation time; writes `target/bench/summary.json`.
+//! Maglev table generation time, and health checks per second with the daemon's CPU share
+//! and memory ([`checks_bench`]); writes `target/bench/summary.json`.
 //!
 //! Two timing styles, each compared only with the baseline timed the same way:
 //! - `repeat`: one syscall runs the program N times on the same buffer. Only for paths that
@@ -24,7 +25,10 @@ use failover_common::{
     Counter,
     maps::{BASELINE_SENT, BASELINE_TARGETS, PROG_BALANCER, PROG_BASELINE},
 };
-use failover_tests::rig::{Rig, XDP_PASS, XDP_TX};
+use failover_tests::{
+    checks_bench,
+    rig::{Rig, XDP_PASS, XDP_TX},
+};
 
 #[derive(Parser)]
 struct Args {
@@ -37,6 +41,19 @@ struct Args {
     /// Where to write the summary.
     #[arg(long, default_value = "target/bench/summary.json")]
     out: std::path::PathBuf,
+    /// Run only the health-check bench (the real daemon checking many backends), keeping
+    /// the other figures already in the summary.
+    #[arg(long, conflicts_with = "skip_checks")]
+    only_checks: bool,
+    /// Skip the health-check bench.
+    #[arg(long)]
+    skip_checks: bool,
+    /// Health-check bench: services in the generated config.
+    #[arg(long, default_value_t = 100)]
+    check_services: usize,
+    /// Health-check bench: backends per service.
+    #[arg(long, default_value_t = 100)]
+    check_backends: usize,
 }
 
 const MAC_CLIENT: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -489,8 +506,74 @@ fn big_config() -> String {
     s
 }
 
+/// The health-check bench: checks per second, the daemon's CPU share and memory.
+fn checks(args: &Args, summary: &mut BTreeMap<String, f64>) -> anyhow::Result<()> {
+    let opts = checks_bench::Options {
+        services: args.check_services,
+        backends_per_service: args.check_backends,
+        runs: args.runs.min(5),
+        ..Default::default()
+    };
+    println!(
+        "\nhealth checks: {} backends ({} services x {}), tcp every {:?}, {} windows of {:?}",
+        opts.backends(),
+        opts.services,
+        opts.backends_per_service,
+        opts.interval,
+        opts.runs,
+        opts.window
+    );
+    let figures = checks_bench::run(&opts, &mut |line| println!("  {line}"))?;
+    let m = &figures.median;
+    println!(
+        "health checks, medians: {:.0} checks/s of {:.0} asked; daemon CPU {:.1}% of one core{} (target < 10%) \
+         plus {:.1}% in processes it ran; machine {:.2} cores busy; RSS {:.1} MiB \
+         (target < 64; anon {:.1}, file {:.1}, shmem {:.1}); forwarding {:.1} s after start",
+        m.checks_per_s,
+        figures.expected_per_s,
+        m.cpu_share * 100.0,
+        if figures.pinned {
+            " (pinned; backends' side on another)"
+        } else {
+            ""
+        },
+        m.children_cpu_share * 100.0,
+        m.system_cpu_cores,
+        m.rss_mib,
+        m.rss_anon_mib,
+        m.rss_file_mib,
+        m.rss_shmem_mib,
+        figures.startup_s
+    );
+    for (message, count) in &figures.warnings {
+        println!("  daemon: {count} x {message}");
+    }
+    for (key, value) in figures.summary() {
+        summary.insert(key.into(), value);
+    }
+    Ok(())
+}
+
+fn write_summary(out: &std::path::Path, summary: &BTreeMap<String, f64>) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(summary)?)?;
+    println!("\nwrote {}", out.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.only_checks {
+        // Keep the figures of the last full run.
+        let mut summary: BTreeMap<String, f64> = std::fs::read_to_string(&args.out)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        checks(&args, &mut summary)?;
+        return write_summary(&args.out, &summary);
+    }
     let mut summary: BTreeMap<String, f64> = BTreeMap::new();
     println!(
         "failover bench: {} runs x {} packets per figure, medians",
@@ -661,10 +744,8 @@ fn main() -> anyhow::Result<()> {
         summary.insert(format!("mem_{label}_bytes"), total as f64);
     }
 
-    if let Some(dir) = bench.args.out.parent() {
-        std::fs::create_dir_all(dir)?;
+    if !bench.args.skip_checks {
+        checks(&bench.args, &mut summary)?;
     }
-    std::fs::write(&bench.args.out, serde_json::to_string_pretty(&summary)?)?;
-    println!("\nwrote {}", bench.args.out.display());
-    Ok(())
+    write_summary(&bench.args.out, &summary)
 }

@@ -13,6 +13,7 @@
 //! assert_eq!(Tally::of(&replies).count("web-1"), 10);
 //! ```
 
+pub mod branch;
 pub mod client;
 pub mod netns;
 pub mod server;

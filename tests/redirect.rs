@@ -1,0 +1,108 @@
+//! End-to-end XDP_REDIRECT: the real daemon serves a `dsr` VIP with one backend on the
+//! bridge (XDP_TX back out of the attached interface) and one behind a second interface of
+//! the load balancer (a [`Branch`]). The daemon learns from the routing table that the
+//! second backend leaves by another interface, puts that interface in the `EGRESS` devmap,
+//! and the packet path redirects the branch backend's frames there. Every TCP connection
+//! must complete with the right bytes, and both backends must take flows.
+
+use std::{net::SocketAddr, time::Duration};
+
+use failover_common::maps::PROG_PASS;
+use failover_tests::{
+    daemon::Daemon,
+    lab::{
+        Lab, Listen, Server, Tally,
+        branch::{BRANCH_V4, BRANCH_V6, Branch},
+        client,
+    },
+    xdp,
+};
+
+const CONNECTIONS: usize = 600;
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One `dsr` TCP service per family, each with a bridge backend and the branch backend.
+fn config(lab: &Lab) -> String {
+    let near = lab.backend(1);
+    let mut s = format!(
+        "interface = \"{}\"\ncontrol_socket = \"/run/failover/{}sock\"\nflow_capacity = 65536\n",
+        lab.lb_if(),
+        lab.prefix()
+    );
+    for (name, vip, near_addr, far_addr) in [
+        (
+            "web",
+            "198.18.0.10",
+            near.ipv4().to_string(),
+            BRANCH_V4.to_string(),
+        ),
+        (
+            "web6",
+            "2001:db8:0:1::10",
+            near.ipv6().to_string(),
+            BRANCH_V6.to_string(),
+        ),
+    ] {
+        s += &format!(
+            "[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n"
+        );
+        for (backend, addr) in [("near", near_addr), ("far", far_addr)] {
+            s +=
+                &format!("  [[service.backend]]\n  name = \"{backend}\"\n  address = \"{addr}\"\n");
+        }
+    }
+    s
+}
+
+fn check(what: &str, replies: &[client::Reply], total: usize) {
+    for (i, r) in replies.iter().enumerate() {
+        if let Ok(line) = r {
+            assert!(
+                line.ends_with(&format!(" req-{i}")),
+                "{what}: connection {i} got the wrong bytes: {line:?}"
+            );
+        }
+    }
+    let tally = Tally::of(replies);
+    assert!(
+        tally.errors.is_empty(),
+        "{what}: {} of {total} connections failed: {tally:?}",
+        tally.errors.len()
+    );
+    for backend in ["near", "far"] {
+        let share = tally.count(backend) as f64 / total as f64;
+        assert!(
+            (0.25..=0.75).contains(&share),
+            "{what}: backend {backend} got {:.1}% of flows, expected about half: {tally:?}",
+            share * 100.0
+        );
+    }
+}
+
+#[test]
+fn dsr_reaches_a_backend_behind_another_interface_through_the_devmap() {
+    let lab = Lab::new(1).expect("build the lab");
+    let branch = Branch::new(&lab).expect("add the branch backend");
+    // XDP_TX towards the bridge, and the redirect into the branch's pair, are delivered by
+    // veth only to a peer that runs an XDP program.
+    let _pass = xdp::pass_on_lb_peer(&lab).expect("attach the pass program (bridge)");
+    let _pass_branch = xdp::attach_in(branch.ns(), branch.ifname(), PROG_PASS)
+        .expect("attach the pass program (branch)");
+    let _near = Server::start(lab.backend(1).ns(), "near", &Listen::all(80)).expect("near server");
+    let _far = Server::start(branch.ns(), "far", &Listen::all(80)).expect("far server");
+    let mut daemon = Daemon::start(lab.lb().ns(), &config(&lab)).expect("start the daemon");
+
+    let vip4: SocketAddr = "198.18.0.10:80".parse().unwrap();
+    let replies = client::tcp_requests(lab.client().ns(), vip4, CONNECTIONS, TIMEOUT, 32);
+    check("dsr tcp ipv4", &replies, CONNECTIONS);
+    let vip6: SocketAddr = "[2001:db8:0:1::10]:80".parse().unwrap();
+    let replies = client::tcp_requests(lab.client().ns(), vip6, CONNECTIONS / 2, TIMEOUT, 16);
+    check("dsr tcp ipv6", &replies, CONNECTIONS / 2);
+
+    let status = daemon.stop().expect("stop the daemon");
+    assert!(
+        status.success(),
+        "the daemon exited with {status}; log:\n{}",
+        daemon.log.join("\n")
+    );
+}
