@@ -94,6 +94,11 @@ pub struct Brain {
     hold: Vec<Option<Instant>>,
     /// What adopted maps hold that the config no longer has: removed at the first publish.
     stale: crate::layout::Stale,
+    /// [`Brain::next_deadline`], cached: `None` when it must be computed over every state
+    /// again. A probe result only lowers it (its users' deadlines), so the loop does not
+    /// scan 10,000 backends per result; a stale, early value only wakes [`Brain::tick`]
+    /// once for nothing.
+    deadline: Option<Option<Instant>>,
 }
 
 /// Groups backends by distinct probe target (a backend shared by services with the same
@@ -247,6 +252,7 @@ impl Brain {
             generation: 0,
             hold,
             stale: crate::layout::Stale::default(),
+            deadline: None,
         }
     }
 
@@ -277,12 +283,19 @@ impl Brain {
 
     /// How long a fresh start may wait for first verdicts: the slowest check's `rise`
     /// results at its fast interval, plus a timeout.
-    pub fn startup_wait(&self) -> Duration {
-        self.targets
-            .iter()
-            .map(|t| t.check.fast_interval * t.check.rise.max(t.check.fall) + t.check.timeout)
-            .max()
-            .unwrap_or(Duration::ZERO)
+    /// With more targets than `concurrency` probes in flight, each further batch may take
+    /// one more timeout per result needed.
+    pub fn startup_wait(&self, concurrency: usize) -> Duration {
+        let slowest = |f: &dyn Fn(&CheckConfig) -> Duration| {
+            self.targets
+                .iter()
+                .map(|t| f(&t.check))
+                .max()
+                .unwrap_or(Duration::ZERO)
+        };
+        let batches = self.targets.len().div_ceil(concurrency.max(1)).max(1) as u32;
+        slowest(&|c| c.fast_interval * c.rise.max(c.fall) + c.timeout)
+            + slowest(&|c| c.timeout * c.rise.max(c.fall)) * (batches - 1)
             + Duration::from_millis(100)
     }
 
@@ -315,6 +328,13 @@ impl Brain {
             }
         }
         dirty.dedup();
+        if let Some(cached) = self.deadline {
+            let users_next = users
+                .iter()
+                .filter_map(|&(s, b)| self.states[s][b].next_deadline())
+                .min();
+            self.deadline = Some(cached.into_iter().chain(users_next).min());
+        }
         if !self.publishing {
             dirty.clear();
         }
@@ -381,11 +401,15 @@ impl Brain {
                 self.recompute(s, now, None)?;
             }
         }
+        self.deadline = None;
         Ok(())
     }
 
     /// The next time [`Brain::tick`] has work.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        if let Some(cached) = self.deadline {
+            return cached;
+        }
         let states = self
             .states
             .iter()
@@ -397,7 +421,9 @@ impl Brain {
             .flatten()
             .filter_map(Selection::next_recompute);
         let holds = self.hold.iter().flatten().copied();
-        states.chain(selections).chain(holds).min()
+        let next = states.chain(selections).chain(holds).min();
+        self.deadline = Some(next);
+        next
     }
 
     /// Publishes every service (at start, and after MACs change).
@@ -557,6 +583,7 @@ impl Brain {
         self.selectors = selectors;
         self.published = published;
         self.hold = hold;
+        self.deadline = None;
         self.targets = group_targets(&self.cfg);
         out.targets_changed = self
             .targets
@@ -990,6 +1017,8 @@ impl Brain {
         now: Instant,
         cause: Option<Instant>,
     ) -> Result<(), ProgramError> {
+        // A new selection or state may bring new deadlines.
+        self.deadline = None;
         if let Some(until) = self.hold[s] {
             let unknown = self.states[s]
                 .iter()

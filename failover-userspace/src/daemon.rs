@@ -45,25 +45,29 @@ type Resolved = (HashMap<IpAddr, [u8; 6]>, HashMap<IpAddr, u32>);
 /// packet path drops their packets with `drop_backend_unresolved` until they resolve.
 /// Backends routed through another interface than `cfg.interface` get its ifindex.
 fn resolve_all(cfg: &Config, wait: Duration) -> Resolved {
+    let mut addrs: Vec<IpAddr> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.address))
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
     let mut macs = HashMap::new();
     let mut egress = HashMap::new();
-    for b in cfg.services.iter().flat_map(|s| &s.backends) {
-        if macs.contains_key(&b.address) {
-            continue;
-        }
-        let mac = match neighbor::resolve(b.address, wait) {
+    for (addr, hop) in neighbor::resolve_all(&addrs, wait) {
+        let mac = match hop {
             Ok(hop) => {
                 if let Some(ifindex) = hop.egress(&cfg.interface) {
-                    egress.insert(b.address, ifindex);
+                    egress.insert(addr, ifindex);
                 }
                 hop.mac
             }
             Err(e) => {
-                tracing::warn!(backend = %b.address, error = %e, "backend MAC unresolved");
+                tracing::warn!(backend = %addr, error = %e, "backend MAC unresolved");
                 [0; 6]
             }
         };
-        macs.insert(b.address, mac);
+        macs.insert(addr, mac);
     }
     (macs, egress)
 }
@@ -157,7 +161,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // A fresh start waits (bounded) for first verdicts, so the tables it attaches with
     // already route around dead backends.
-    let startup = tokio::time::Instant::now() + brain.startup_wait();
+    let startup = tokio::time::Instant::now() + brain.startup_wait(MAX_CONCURRENT_PROBES);
     while !brain.converged() {
         tokio::select! {
             Some(report) = reports.recv() => {
@@ -208,6 +212,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
     let (macs_tx, mut fresh_macs) = mpsc::channel(1);
+    let mut resolving = false;
     loop {
         let next = brain.next_deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -235,8 +240,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = log_tick.tick(), if logger.is_some() => {
                 if let Some(l) = logger.as_mut() { l.flush() }
             }
-            _ = refresh.tick() => {
-                // Resolution may wait on ARP: off the brain's task.
+            _ = refresh.tick(), if !resolving => {
+                // Resolution may wait on ARP: off the brain's task, one round at a time.
+                resolving = true;
                 let cfg2 = cfg.clone();
                 let tx = macs_tx.clone();
                 tokio::task::spawn_blocking(move || {
@@ -244,6 +250,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 });
             }
             Some((macs, egress)) = fresh_macs.recv() => {
+                resolving = false;
                 match brain.dataplane_mut().set_egress(&egress) {
                     Ok(true) => {
                         tracing::info!("backend egress interfaces changed; rewriting backends");

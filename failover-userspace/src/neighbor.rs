@@ -2,7 +2,13 @@
 //! a connected network, else its gateway's. Reads the kernel's routing and neighbour tables
 //! through iproute2's JSON output, and prompts resolution when an entry is missing.
 
-use std::{net::IpAddr, process::Command, time::Duration};
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    net::IpAddr,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 /// Why a MAC could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -96,59 +102,166 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// The route to `addr`: (device, next hop).
-pub fn route(addr: IpAddr) -> Result<(String, IpAddr), NeighborError> {
-    let v = ip_json(&["route", "get", &addr.to_string()])?;
-    let r = v.get(0).ok_or_else(|| NeighborError::NoRoute {
-        addr,
-        detail: v.as_str().unwrap_or("no answer").to_string(),
-    })?;
-    let dev = r["dev"].as_str().unwrap_or_default().to_string();
-    let via = r["gateway"]
-        .as_str()
-        .and_then(|g| g.parse().ok())
-        .unwrap_or(addr);
-    Ok((dev, via))
-}
-
-fn lookup(via: IpAddr, dev: &str) -> Result<Option<[u8; 6]>, NeighborError> {
-    let v = ip_json(&["neigh", "show", &via.to_string(), "dev", dev])?;
-    Ok(v.as_array().into_iter().flatten().find_map(|n| {
-        let state = n["state"]
-            .as_array()
-            .map(|s| s.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>());
-        let bad = state.is_some_and(|s| s.iter().any(|x| *x == "FAILED" || *x == "INCOMPLETE"));
-        if bad {
-            None
-        } else {
-            n["lladdr"].as_str().and_then(parse_mac)
+/// The routes to `addrs`, from one `ip -batch` run: address -> (device, next hop).
+/// Addresses without a route are missing from the map.
+fn routes(addrs: &[IpAddr]) -> Result<HashMap<IpAddr, (String, IpAddr)>, NeighborError> {
+    let args = "-j -force -batch - (route get ...)";
+    let mut child = Command::new("ip")
+        .args(["-j", "-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| NeighborError::Ip {
+            args: args.into(),
+            source,
+        })?;
+    let commands: String = addrs.iter().map(|a| format!("route get {a}\n")).collect();
+    let mut stdin = child.stdin.take().expect("piped");
+    // Written from a thread: `ip` answers while it reads, and both pipes are bounded.
+    let writer = std::thread::spawn(move || stdin.write_all(commands.as_bytes()));
+    let out = child
+        .wait_with_output()
+        .map_err(|source| NeighborError::Ip {
+            args: args.into(),
+            source,
+        })?;
+    let _ = writer.join();
+    let mut found = HashMap::new();
+    for answer in serde_json::Deserializer::from_slice(&out.stdout).into_iter::<serde_json::Value>()
+    {
+        let Ok(answer) = answer else { break };
+        for r in answer.as_array().into_iter().flatten() {
+            let Some(dst) = r["dst"].as_str().and_then(|d| d.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            let dev = r["dev"].as_str().unwrap_or_default().to_string();
+            let via = r["gateway"]
+                .as_str()
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(dst);
+            found.insert(dst, (dev, via));
         }
-    }))
+    }
+    Ok(found)
 }
 
-/// Resolves the next hop of `addr`, prompting ARP/ND (one empty UDP datagram to the
-/// discard port) and waiting up to `wait` if the kernel has no entry yet.
-pub fn resolve(addr: IpAddr, wait: Duration) -> Result<NextHop, NeighborError> {
-    let (dev, via) = route(addr)?;
+/// The kernel's neighbour table: (address, device) -> MAC, for usable entries.
+fn neighbours() -> Result<HashMap<(IpAddr, String), [u8; 6]>, NeighborError> {
+    let v = ip_json(&["neigh", "show"])?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            let state: Vec<&str> = n["state"]
+                .as_array()
+                .map(|s| s.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            if state.iter().any(|x| *x == "FAILED" || *x == "INCOMPLETE") {
+                return None;
+            }
+            let dst = n["dst"].as_str()?.parse().ok()?;
+            let dev = n["dev"].as_str()?.to_string();
+            Some(((dst, dev), n["lladdr"].as_str().and_then(parse_mac)?))
+        })
+        .collect())
+}
+
+/// Resolves the next hops of `addrs` with a few `ip` runs whatever their number (one
+/// batch of route lookups, one neighbour-table dump per round): the next hops the kernel
+/// does not know yet are prompted (ARP/ND: one empty UDP datagram to the discard port)
+/// and looked up again until `wait` has passed.
+pub fn resolve_all(
+    addrs: &[IpAddr],
+    wait: Duration,
+) -> HashMap<IpAddr, Result<NextHop, NeighborError>> {
+    let mut out = HashMap::new();
+    let routes = match routes(addrs) {
+        Ok(r) => r,
+        Err(e) => {
+            let detail = e.to_string();
+            for &addr in addrs {
+                out.insert(
+                    addr,
+                    Err(NeighborError::NoRoute {
+                        addr,
+                        detail: detail.clone(),
+                    }),
+                );
+            }
+            return out;
+        }
+    };
     let deadline = std::time::Instant::now() + wait;
     let mut prompted = false;
-    loop {
-        if let Some(mac) = lookup(via, &dev)? {
-            return Ok(NextHop { dev, via, mac });
+    let mut pending: Vec<IpAddr> = Vec::new();
+    for &addr in addrs {
+        if routes.contains_key(&addr) {
+            pending.push(addr);
+        } else {
+            let detail = "no route (or `ip route get` failed)".to_string();
+            out.insert(addr, Err(NeighborError::NoRoute { addr, detail }));
         }
-        if std::time::Instant::now() >= deadline {
-            return Err(NeighborError::Unresolved {
-                addr,
-                next_hop: via,
-                dev,
-            });
+    }
+    loop {
+        let table = neighbours();
+        pending.retain(|addr| {
+            let (dev, via) = &routes[addr];
+            let known = match &table {
+                Ok(t) => t.get(&(*via, dev.clone())).copied(),
+                Err(_) => None,
+            };
+            match known {
+                Some(mac) => {
+                    out.insert(
+                        *addr,
+                        Ok(NextHop {
+                            dev: dev.clone(),
+                            via: *via,
+                            mac,
+                        }),
+                    );
+                    false
+                }
+                None => true,
+            }
+        });
+        if let Err(e) = table {
+            for addr in pending.drain(..) {
+                let detail = e.to_string();
+                out.insert(addr, Err(NeighborError::NoRoute { addr, detail }));
+            }
+        }
+        if pending.is_empty() || std::time::Instant::now() >= deadline {
+            break;
         }
         if !prompted {
-            prompt(via);
+            let hops: std::collections::BTreeSet<IpAddr> =
+                pending.iter().map(|a| routes[a].1).collect();
+            hops.into_iter().for_each(prompt);
             prompted = true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    for addr in pending {
+        let (dev, next_hop) = routes[&addr].clone();
+        out.insert(
+            addr,
+            Err(NeighborError::Unresolved {
+                addr,
+                next_hop,
+                dev,
+            }),
+        );
+    }
+    out
+}
+
+/// Resolves the next hop of one address (see [`resolve_all`]).
+pub fn resolve(addr: IpAddr, wait: Duration) -> Result<NextHop, NeighborError> {
+    resolve_all(&[addr], wait)
+        .remove(&addr)
+        .expect("resolve_all answers for every address")
 }
 
 /// Makes the kernel resolve `addr`: sending a datagram needs its MAC.

@@ -7,6 +7,16 @@ use crate::setup::run_cmd;
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The health-check section runs the release daemon next to fo-bench: build it fresh.
+    run_cmd(Command::new(&cargo).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "failover-userspace",
+        "--bin",
+        "failover",
+    ]))?;
     run_cmd(
         Command::new(cargo)
             .args([
