@@ -115,6 +115,25 @@ fn assert_healthy_undisturbed(held: &[Held], dead: &str) {
     }
 }
 
+/// `n` new connections from `client` to `target`: every one is answered, none by `avoid`.
+fn assert_served_without(
+    client: &failover_tests::lab::Netns,
+    target: SocketAddr,
+    n: usize,
+    avoid: &str,
+    why: &str,
+) {
+    let replies =
+        failover_tests::lab::client::tcp_requests(client, target, n, Duration::from_secs(2), 8);
+    let prefix = format!("{avoid} ");
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with(&prefix))),
+        "{why}: {replies:?}"
+    );
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -482,12 +501,12 @@ fn operator_drains_disables_and_enables_from_the_cli() {
     assert!(out.contains("draining"), "{out}");
     let probe =
         |n| failover_tests::lab::client::tcp_requests(client, vip(), n, Duration::from_secs(2), 8);
-    let replies = probe(60);
-    assert!(
-        replies
-            .iter()
-            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
-        "a draining backend takes no new flows: {replies:?}"
+    assert_served_without(
+        client,
+        vip(),
+        60,
+        "be-2",
+        "a draining backend takes no new flows",
     );
     let held = held.join();
     for h in &held {
@@ -682,14 +701,7 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
     .unwrap();
     let (ok, out, err) = cli(&rig, &["reload"]);
     assert!(ok && out.contains("changed: web"), "{out}{err}");
-    let replies =
-        failover_tests::lab::client::tcp_requests(client, vip(), 60, Duration::from_secs(2), 8);
-    assert!(
-        replies
-            .iter()
-            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
-        "weight 0: no new flows: {replies:?}"
-    );
+    assert_served_without(client, vip(), 60, "be-2", "weight 0: no new flows");
 
     // A bad value: rejected, with the file, the line and the key.
     let bad = format!(
@@ -714,13 +726,12 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
         "{err}"
     );
     // Still serving with the last good config.
-    let replies =
-        failover_tests::lab::client::tcp_requests(client, vip(), 30, Duration::from_secs(2), 8);
-    assert!(
-        replies
-            .iter()
-            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
-        "{replies:?}"
+    assert_served_without(
+        client,
+        vip(),
+        30,
+        "be-2",
+        "still serving with the last good config",
     );
     for h in held.join() {
         assert!(
@@ -796,13 +807,12 @@ fn reload_adds_a_service_and_removes_a_backend_losing_no_connection() {
         served.iter().all(Result::is_ok),
         "the added service serves: {served:?}"
     );
-    let web_new =
-        failover_tests::lab::client::tcp_requests(client, vip(), 60, Duration::from_secs(2), 8);
-    assert!(
-        web_new
-            .iter()
-            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
-        "no new flow to the removed backend: {web_new:?}"
+    assert_served_without(
+        client,
+        vip(),
+        60,
+        "be-2",
+        "no new flow to the removed backend",
     );
 
     // Crash and restart with the reloaded config: the ids are read back from the maps.
@@ -930,17 +940,11 @@ fn http_503_backend_is_marked_down() {
         status.contains("backend=be-2 from=unknown to=down reason=HTTP 503"),
         "{status}"
     );
-    let replies = failover_tests::lab::client::tcp_requests(
+    assert_served_without(
         rig_cfg.lab.client().ns(),
         vip(),
         60,
-        Duration::from_secs(2),
-        8,
-    );
-    assert!(
-        replies
-            .iter()
-            .all(|r| r.as_ref().is_ok_and(|s| !s.starts_with("be-2 "))),
-        "{replies:?}"
+        "be-2",
+        "a backend answering 503 takes no new flows",
     );
 }

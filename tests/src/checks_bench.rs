@@ -138,6 +138,8 @@ pub struct Sample {
     pub checks_per_s: f64,
     /// The daemon's own CPU time (user + system) over wall time: a fraction of one core.
     pub cpu_share: f64,
+    /// The user-space part of `cpu_share` (the rest is the kernel: sockets, TCP).
+    pub user_cpu_share: f64,
     /// CPU time of the processes the daemon ran and waited for (e.g. `ip`), same unit.
     pub children_cpu_share: f64,
     /// Busy time of the whole machine (every CPU, the backends' side included), in cores.
@@ -180,6 +182,7 @@ impl Figures {
             ("checks_startup_s", self.startup_s),
             ("checks_per_s", self.median.checks_per_s),
             ("checks_cpu_share", self.median.cpu_share),
+            ("checks_user_cpu_share", self.median.user_cpu_share),
             ("checks_children_cpu_share", self.median.children_cpu_share),
             ("checks_system_cpu_cores", self.median.system_cpu_cores),
             ("checks_rss_mib", self.median.rss_mib),
@@ -535,8 +538,9 @@ fn config_text(
     Ok(text)
 }
 
-/// CPU times of a process from `/proc/PID/stat`, in seconds: (own, waited-for children).
-fn cpu_seconds(pid: u32) -> anyhow::Result<(f64, f64)> {
+/// CPU times of a process from `/proc/PID/stat`, in seconds: (own, own in user space,
+/// waited-for children).
+fn cpu_seconds(pid: u32) -> anyhow::Result<(f64, f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat: did the daemon exit?"))?;
     // Fields after the command name (which may hold spaces) start at field 3, `state`.
@@ -552,6 +556,7 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<(f64, f64)> {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok((
         (fields[10] + fields[11]) as f64 / ticks,
+        fields[10] as f64 / ticks,
         (fields[12] + fields[13]) as f64 / ticks,
     ))
 }
@@ -616,11 +621,11 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fig
     let mut samples = Vec::with_capacity(opts.runs);
     for run in 0..opts.runs {
         daemon.collect();
-        let (cpu0, children0) = cpu_seconds(pid)?;
+        let (cpu0, user0, children0) = cpu_seconds(pid)?;
         let (busy0, total0) = machine_ticks()?;
         let (accepted0, t0) = (listener.accepted(), Instant::now());
         std::thread::sleep(opts.window);
-        let (cpu1, children1) = cpu_seconds(pid)?;
+        let (cpu1, user1, children1) = cpu_seconds(pid)?;
         let (busy1, total1) = machine_ticks()?;
         let (accepted1, wall) = (listener.accepted(), t0.elapsed().as_secs_f64());
         let [rss, anon, file, shmem] = rss_mib(pid)?;
@@ -628,6 +633,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fig
         let sample = Sample {
             checks_per_s: (accepted1 - accepted0) as f64 / wall,
             cpu_share: (cpu1 - cpu0) / wall,
+            user_cpu_share: (user1 - user0) / wall,
             children_cpu_share: (children1 - children0) / wall,
             system_cpu_cores: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64 * cpus,
             rss_mib: rss,
@@ -636,11 +642,12 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fig
             rss_shmem_mib: shmem,
         };
         progress(&format!(
-            "window {}/{}: {:.0} checks/s, daemon CPU {:.1}% of a core (+{:.1}% in processes it ran), machine {:.2} cores busy, RSS {:.1} MiB",
+            "window {}/{}: {:.0} checks/s, daemon CPU {:.1}% of a core ({:.1}% user space; +{:.1}% in processes it ran), machine {:.2} cores busy, RSS {:.1} MiB",
             run + 1,
             opts.runs,
             sample.checks_per_s,
             sample.cpu_share * 100.0,
+            sample.user_cpu_share * 100.0,
             sample.children_cpu_share * 100.0,
             sample.system_cpu_cores,
             sample.rss_mib
@@ -650,6 +657,7 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fig
     let median = Sample {
         checks_per_s: median_of(&samples, |s| s.checks_per_s),
         cpu_share: median_of(&samples, |s| s.cpu_share),
+        user_cpu_share: median_of(&samples, |s| s.user_cpu_share),
         children_cpu_share: median_of(&samples, |s| s.children_cpu_share),
         system_cpu_cores: median_of(&samples, |s| s.system_cpu_cores),
         rss_mib: median_of(&samples, |s| s.rss_mib),

@@ -526,8 +526,8 @@ fn checks(args: &Args, summary: &mut BTreeMap<String, f64>) -> anyhow::Result<()
     let figures = checks_bench::run(&opts, &mut |line| println!("  {line}"))?;
     let m = &figures.median;
     println!(
-        "health checks, medians: {:.0} checks/s of {:.0} asked; daemon CPU {:.1}% of one core{} (target < 10%) \
-         plus {:.1}% in processes it ran; machine {:.2} cores busy; RSS {:.1} MiB \
+        "health checks, medians: {:.0} checks/s of {:.0} asked; daemon CPU {:.1}% of one core{} (target < 10%; {:.1}% in user space, \
+         the rest in the kernel) plus {:.1}% in processes it ran; machine {:.2} cores busy; RSS {:.1} MiB \
          (target < 64; anon {:.1}, file {:.1}, shmem {:.1}); forwarding {:.1} s after start",
         m.checks_per_s,
         figures.expected_per_s,
@@ -537,6 +537,7 @@ fn checks(args: &Args, summary: &mut BTreeMap<String, f64>) -> anyhow::Result<()
         } else {
             ""
         },
+        m.user_cpu_share * 100.0,
         m.children_cpu_share * 100.0,
         m.system_cpu_cores,
         m.rss_mib,
