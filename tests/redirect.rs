@@ -106,3 +106,68 @@ fn dsr_reaches_a_backend_behind_another_interface_through_the_devmap() {
         daemon.log.join("\n")
     );
 }
+
+/// Whether the XDP program of `ns` is attached to `ifname` (`ip link` shows it).
+fn has_xdp(ns: &failover_tests::lab::Netns, ifname: &str) -> bool {
+    let out = ns
+        .ip(["-j", "link", "show", "dev", ifname])
+        .expect("ip link");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
+    v[0].get("xdp").is_some()
+}
+
+/// `interface = [A, B]`: the program is attached to both (each link pinned), every frame
+/// to a backend is redirected to the interface its route names, a restart adopts both
+/// links, and a restart with one of them dropped from the config detaches the program
+/// from it.
+#[test]
+fn the_program_attaches_to_every_listed_interface() {
+    let lab = Lab::new(1).expect("build the lab");
+    let branch = Branch::new(&lab).expect("add the branch backend");
+    let _pass = xdp::pass_on_lb_peer(&lab).expect("attach the pass program (bridge)");
+    let _pass_branch = xdp::attach_in(branch.ns(), branch.ifname(), PROG_PASS)
+        .expect("attach the pass program (branch)");
+    let _near = Server::start(lab.backend(1).ns(), "near", &Listen::all(80)).expect("near server");
+    let _far = Server::start(branch.ns(), "far", &Listen::all(80)).expect("far server");
+    let one = config(&lab);
+    let both = one.replacen(
+        &format!("interface = \"{}\"", lab.lb_if()),
+        &format!(
+            "interface = [\"{}\", \"{}\"]",
+            lab.lb_if(),
+            branch.lb_ifname()
+        ),
+        1,
+    );
+    let ns = lab.lb().ns();
+    let mut first = Daemon::start(ns, &both).expect("start the daemon");
+    for ifname in [lab.lb_if(), branch.lb_ifname()] {
+        assert!(has_xdp(ns, ifname), "no XDP program on {ifname}");
+        let pin = first.pin_dir.join(format!("link-{ifname}"));
+        assert!(pin.exists(), "{} is not pinned", pin.display());
+    }
+    let vip4: SocketAddr = "198.18.0.10:80".parse().unwrap();
+    let replies = client::tcp_requests(lab.client().ns(), vip4, CONNECTIONS / 2, TIMEOUT, 16);
+    check("two interfaces", &replies, CONNECTIONS / 2);
+
+    first.keep_pins();
+    first.kill9();
+    let second = Daemon::start(ns, &one).expect("restart with one interface");
+    assert!(
+        second.log.iter().any(|l| l.contains("adopted_link=true")),
+        "{}",
+        second.log.join("\n")
+    );
+    assert!(
+        has_xdp(ns, lab.lb_if()),
+        "still attached to {}",
+        lab.lb_if()
+    );
+    assert!(
+        !has_xdp(ns, branch.lb_ifname()),
+        "detached from {}, which the config no longer lists",
+        branch.lb_ifname()
+    );
+    let replies = client::tcp_requests(lab.client().ns(), vip4, CONNECTIONS / 2, TIMEOUT, 16);
+    check("back to one interface", &replies, CONNECTIONS / 2);
+}

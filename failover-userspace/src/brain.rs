@@ -874,7 +874,7 @@ impl Brain {
         });
         Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            interface: self.cfg.interface.clone(),
+            interface: self.cfg.interfaces.join(","),
             uptime_secs: now.saturating_duration_since(started).as_secs_f64(),
             services,
             counters,

@@ -57,7 +57,7 @@ fn resolve_all(cfg: &Config, wait: Duration) -> Resolved {
     for (addr, hop) in neighbor::resolve_all(&addrs, wait) {
         let mac = match hop {
             Ok(hop) => {
-                if let Some(ifindex) = hop.egress(&cfg.interface) {
+                if let Some(ifindex) = hop.egress(&cfg.interfaces) {
                     egress.insert(addr, ifindex);
                 }
                 hop.mac
@@ -183,13 +183,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         brain.publish_all(Instant::now())?;
     }
-    let adopted_link = pins.attach(
-        brain.dataplane_mut().ebpf_mut(),
-        &cfg.interface,
-        attach_mode(cfg.xdp_mode),
-    )?;
+    pins.drop_other_links(&cfg.interfaces)?;
+    let mut adopted_link = true;
+    for interface in &cfg.interfaces {
+        adopted_link &= pins.attach(
+            brain.dataplane_mut().ebpf_mut(),
+            interface,
+            attach_mode(cfg.xdp_mode),
+        )?;
+    }
     tracing::info!(
-        interface = %cfg.interface,
+        interface = %cfg.interfaces.join(","),
         services = cfg.services.len(),
         adopted_link,
         "forwarding"
@@ -355,7 +359,7 @@ fn reload(
     };
     let immutable = |c: &Config| {
         (
-            c.interface.clone(),
+            c.interfaces.clone(),
             c.xdp_mode,
             c.pin_dir.clone(),
             c.control_socket.clone(),

@@ -56,13 +56,16 @@ pub struct NextHop {
 }
 
 impl NextHop {
-    /// The index of the interface frames leave by, when that is not `attached` (the one
-    /// the XDP program sits on): the packet path then redirects them there instead of
-    /// sending them back out with XDP_TX. `None` for the attached interface, or when the
-    /// interface has vanished since the route was read.
-    pub fn egress(&self, attached: &str) -> Option<u32> {
-        if self.dev == attached {
-            return None;
+    /// The index of the interface frames leave by, when the packet path must redirect
+    /// there rather than send them back out with XDP_TX: always with several `attached`
+    /// interfaces (the program on one of them cannot know it is the right one), else when
+    /// it is not the attached one. `None` when the interface has vanished since the route
+    /// was read.
+    pub fn egress(&self, attached: &[String]) -> Option<u32> {
+        if let [only] = attached {
+            if self.dev == *only {
+                return None;
+            }
         }
         ifindex(&self.dev)
     }
@@ -287,9 +290,19 @@ mod tests {
             via: "198.18.0.101".parse().unwrap(),
             mac: [2, 0, 0, 0, 0, 1],
         };
-        assert_eq!(hop("lo").egress("lo"), None);
-        assert_eq!(hop("lo").egress("eth9"), Some(1), "lo is interface 1");
-        assert_eq!(hop("fo-no-such-if").egress("lo"), None);
+        let attached = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(hop("lo").egress(&attached(&["lo"])), None);
+        assert_eq!(
+            hop("lo").egress(&attached(&["eth9"])),
+            Some(1),
+            "lo is interface 1"
+        );
+        assert_eq!(
+            hop("lo").egress(&attached(&["lo", "eth9"])),
+            Some(1),
+            "with two interfaces attached, always redirect"
+        );
+        assert_eq!(hop("fo-no-such-if").egress(&attached(&["lo"])), None);
     }
 
     #[test]

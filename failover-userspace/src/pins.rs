@@ -4,7 +4,7 @@
 //! its program into the pinned link atomically (`bpf_link_update`).
 //!
 //! Layout of `pin_dir`: one file per map, named as the map (`FLOWS4`, `RINGS`, ...), and
-//! `link` (the XDP link). Maps are adopted when they are big enough for the config (see
+//! `link-IFNAME` per interface (its XDP link). Maps are adopted when they are big enough for the config (see
 //! [`Pins::adoption`]); otherwise the daemon starts from fresh maps (and says so).
 
 use std::{
@@ -160,8 +160,32 @@ impl Pins {
         self.dir.join(name)
     }
 
-    fn link_path(&self) -> PathBuf {
-        self.dir.join("link")
+    /// Where the XDP link of `interface` is pinned.
+    fn link_path(&self, interface: &str) -> PathBuf {
+        self.dir.join(format!("link-{interface}"))
+    }
+
+    /// The pinned links' files.
+    fn links(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("link-"))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Unpins the links of interfaces no longer in `interfaces` (the program leaves them).
+    pub fn drop_other_links(&self, interfaces: &[String]) -> Result<(), PinError> {
+        let keep: Vec<PathBuf> = interfaces.iter().map(|i| self.link_path(i)).collect();
+        for path in self.links() {
+            if !keep.contains(&path) {
+                tracing::info!(link = %path.display(), "detaching from an interface the config no longer has");
+                unpin(path)?;
+            }
+        }
+        Ok(())
     }
 
     /// Entries of the map pinned as `name`, if one is.
@@ -256,7 +280,7 @@ impl Pins {
         interface: &str,
         mode: AttachMode,
     ) -> Result<bool, LoadError> {
-        let path = self.link_path();
+        let path = self.link_path(interface);
         let prog = loader::xdp_mut(ebpf, PROG_BALANCER)?;
         if path.exists() {
             let adopted = PinnedLink::from_pin(&path)
@@ -293,7 +317,7 @@ impl Pins {
     /// Detaches: unpins the link (the program detaches when the last reference goes) and
     /// the maps. For `detach_on_exit`.
     pub fn detach(&self) -> Result<(), PinError> {
-        unpin(self.link_path())?;
+        self.links().into_iter().try_for_each(unpin)?;
         self.clear_maps()?;
         let _ = std::fs::remove_dir(&self.dir);
         Ok(())

@@ -18,7 +18,7 @@ pub(crate) type Key<T> = Option<Spanned<T>>;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
-    pub interface: Key<String>,
+    pub interface: Key<Interfaces>,
     pub xdp_mode: Key<String>,
     pub flow_capacity: Key<i64>,
     pub pin_dir: Key<String>,
@@ -185,5 +185,34 @@ impl<'de> Deserialize<'de> for RawPort {
         }
 
         deserializer.deserialize_any(PortVisitor)
+    }
+}
+
+/// `interface`: one name, or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Interfaces(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Interfaces {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Interfaces;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an interface name or a list of them, e.g. \"eth0\" or [\"eth0\", \"eth1\"]",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Interfaces, E> {
+                Ok(Interfaces(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Interfaces, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    names.push(name);
+                }
+                Ok(Interfaces(names))
+            }
+        }
+        d.deserialize_any(V)
     }
 }

@@ -212,7 +212,7 @@ fn complete_config_parses_into_typed_values() {
     };
     let expected = Config {
         file: PathBuf::from(FILE),
-        interface: "fo-lb0".into(),
+        interfaces: vec!["fo-lb0".into()],
         xdp_mode: XdpMode::Native,
         flow_capacity: 2048,
         pin_dir: "/sys/fs/bpf/test".into(),
@@ -310,7 +310,7 @@ fn complete_config_parses_into_typed_values() {
 #[test]
 fn minimal_config_gets_the_documented_defaults() {
     let config = parse_ok(&service_with(&[]));
-    assert_eq!(config.interface, "eth0");
+    assert_eq!(config.interfaces, ["eth0"]);
     assert_eq!(config.xdp_mode, XdpMode::Auto);
     assert_eq!(config.flow_capacity, 1_048_576);
     assert_eq!(config.pin_dir, Path::new("/sys/fs/bpf/failover"));
@@ -418,7 +418,7 @@ fn example_files_parse() {
     ));
 
     let demo = parse_ok(include_str!("../../../examples/demo.toml"));
-    assert_eq!(demo.interface, "fo-lb0");
+    assert_eq!(demo.interfaces, ["fo-lb0"]);
     let web = &demo.services[0];
     assert_eq!(
         (web.vip, web.port, web.protocol, web.mode),
@@ -1162,5 +1162,32 @@ fn status_sets() {
         9,
         "service[0].check.status",
         "\"2xx\" is not a number",
+    );
+}
+
+#[test]
+fn interface_takes_a_name_or_a_list() {
+    let service = "[[service]]\nname = \"web\"\nvip = \"198.18.0.10\"\nport = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n  [[service.backend]]\n  name = \"a\"\n  address = \"198.18.0.101\"\n";
+    let two = parse_ok(&format!("interface = [\"eth0\", \"eth1\"]\n{service}"));
+    assert_eq!(two.interfaces, ["eth0", "eth1"]);
+    let errs = errors(&format!("interface = [\"eth0\", \"eth0\"]\n{service}"));
+    assert_eq!(
+        errs,
+        [format!(
+            "{FILE}:1: interface: interface \"eth0\" is listed twice"
+        )]
+    );
+    let errs = errors(&format!("interface = []\n{service}"));
+    assert!(
+        errs[0].starts_with(&format!("{FILE}:1: interface: expected at least one")),
+        "{errs:?}"
+    );
+    let errs = errors(&format!("interface = [\"eth0\", \"a b\"]\n{service}"));
+    assert!(errs[0].contains("without '/', ':' or spaces"), "{errs:?}");
+    let errs = errors(&format!("interface = 5\n{service}"));
+    assert!(
+        errs[0].starts_with(&format!("{FILE}:1: interface: "))
+            && errs[0].contains("a list of them"),
+        "{errs:?}"
     );
 }

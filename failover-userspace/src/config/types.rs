@@ -201,8 +201,9 @@ choice! {
 pub struct Config {
     /// The file this configuration was read from (used in messages).
     pub file: PathBuf,
-    /// Interface the XDP program is attached to.
-    pub interface: String,
+    /// Interfaces the XDP program is attached to (at least one; `interface` in the file:
+    /// a name or a list).
+    pub interfaces: Vec<String>,
     /// How the XDP program is attached.
     pub xdp_mode: XdpMode,
     /// Connection-table size, in flows.

@@ -298,7 +298,7 @@ impl Validator<'_> {
 
         Some(Config {
             file,
-            interface: interface?,
+            interfaces: interface?,
             xdp_mode: xdp_mode?,
             flow_capacity: flow_capacity?,
             pin_dir: pin_dir?,
@@ -313,31 +313,49 @@ impl Validator<'_> {
         })
     }
 
-    fn interface(&mut self, raw: &FileConfig) -> Option<String> {
+    fn interface(&mut self, raw: &FileConfig) -> Option<Vec<String>> {
         let set = self.required(
             &raw.interface,
             &(0..0),
             "interface".into(),
-            "the interface to attach the XDP program to, e.g. interface = \"eth0\"",
+            "the interface to attach the XDP program to, e.g. interface = \"eth0\" (or a list: [\"eth0\", \"eth1\"])",
         )?;
-        let name = set.get_ref();
-        // The kernel's dev_valid_name().
-        let valid = !name.is_empty()
-            && name.len() <= MAX_INTERFACE_LEN
-            && name != "."
-            && name != ".."
-            && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
-        if !valid {
+        let names = &set.get_ref().0;
+        if names.is_empty() {
             self.error(
                 &set.span(),
                 "interface",
-                format!(
-                    "expected an interface name of 1 to {MAX_INTERFACE_LEN} bytes without '/', ':' or spaces (see `ip link`), found {name:?}"
-                ),
+                "expected at least one interface name, e.g. interface = \"eth0\"".to_string(),
             );
             return None;
         }
-        Some(name.clone())
+        let mut ok = true;
+        for (i, name) in names.iter().enumerate() {
+            // The kernel's dev_valid_name().
+            let valid = !name.is_empty()
+                && name.len() <= MAX_INTERFACE_LEN
+                && name != "."
+                && name != ".."
+                && !name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace());
+            if !valid {
+                self.error(
+                    &set.span(),
+                    "interface",
+                    format!(
+                        "expected an interface name of 1 to {MAX_INTERFACE_LEN} bytes without '/', ':' or spaces (see `ip link`), found {name:?}"
+                    ),
+                );
+                ok = false;
+            } else if names[..i].contains(name) {
+                self.error(
+                    &set.span(),
+                    "interface",
+                    format!("interface {name:?} is listed twice"),
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| names.clone())
     }
 
     fn control_socket(&mut self, raw: &FileConfig) -> Option<PathBuf> {
