@@ -134,6 +134,23 @@ fn assert_served_without(
     );
 }
 
+/// The tests' health check: every 50 ms, down after 2 failures, up after 2 successes.
+const FAST_CHECK: &str =
+    "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+
+/// `n` new connections from `client` to the VIP.
+fn requests(client: &failover_tests::lab::Netns, n: usize) -> Vec<failover_tests::lab::Reply> {
+    failover_tests::lab::client::tcp_requests(client, vip(), n, Duration::from_secs(2), 8)
+}
+
+/// Whether `who` answered every one of `replies`.
+fn only(replies: &[failover_tests::lab::Reply], who: &str) -> bool {
+    let prefix = format!("{who} ");
+    replies
+        .iter()
+        .all(|r| r.as_ref().is_ok_and(|s| s.starts_with(&prefix)))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -144,8 +161,7 @@ fn ms(d: Duration) -> f64 {
 fn killed_backend_is_out_within_one_interval() {
     let mut rig = Rig::new(3);
     let interval = Duration::from_millis(50);
-    let check =
-        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let check = FAST_CHECK;
     let mut daemon = Daemon::start(
         rig.lab.lb().ns(),
         &rig.config("", check, &|_| String::new()),
@@ -232,8 +248,7 @@ fn killed_backend_is_out_within_one_interval() {
 #[test]
 fn nat_killed_backend_fails_no_connection() {
     let mut rig = Rig::with_mode(3, "nat");
-    let check =
-        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let check = FAST_CHECK;
     let mut daemon = Daemon::start(
         rig.lab.lb().ns(),
         &rig.config("", check, &|_| String::new()),
@@ -342,8 +357,7 @@ fn blackholed_backend_is_out_by_timeout_and_no_connection_fails() {
 #[test]
 fn backup_takes_over_and_auto_failback_waits_for_the_hold() {
     let mut rig = Rig::new(2);
-    let check =
-        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let check = FAST_CHECK;
     let tiers = |i: usize| format!("  tier = {i}\n");
     let cfg = rig.config(
         "failback = \"auto\"\nfailback_hold = \"1s\"\n",
@@ -352,14 +366,7 @@ fn backup_takes_over_and_auto_failback_waits_for_the_hold() {
     );
     let mut daemon = Daemon::start(rig.lab.lb().ns(), &cfg).expect("daemon");
     let client = rig.lab.client().ns();
-    let probe = |n: usize| {
-        failover_tests::lab::client::tcp_requests(client, vip(), n, Duration::from_secs(2), 8)
-    };
-    let only = |replies: &[failover_tests::lab::Reply], who: &str| {
-        replies
-            .iter()
-            .all(|r| r.as_ref().is_ok_and(|s| s.starts_with(&format!("{who} "))))
-    };
+    let probe = |n: usize| requests(client, n);
     let first = probe(20);
     assert!(
         only(&first, "be-1"),
@@ -424,20 +431,12 @@ fn backup_takes_over_and_auto_failback_waits_for_the_hold() {
 #[test]
 fn manual_failback_stays_on_the_backup() {
     let mut rig = Rig::new(2);
-    let check =
-        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let check = FAST_CHECK;
     let tiers = |i: usize| format!("  tier = {i}\n");
     let cfg = rig.config("failback = \"manual\"\nexactly_one = true\n", check, &tiers);
     let mut daemon = Daemon::start(rig.lab.lb().ns(), &cfg).expect("daemon");
     let client = rig.lab.client().ns();
-    let probe = |n: usize| {
-        failover_tests::lab::client::tcp_requests(client, vip(), n, Duration::from_secs(2), 8)
-    };
-    let only = |replies: &[failover_tests::lab::Reply], who: &str| {
-        replies
-            .iter()
-            .all(|r| r.as_ref().is_ok_and(|s| s.starts_with(&format!("{who} "))))
-    };
+    let probe = |n: usize| requests(client, n);
     let first = probe(20);
     assert!(
         only(&first, "be-1"),
@@ -499,8 +498,7 @@ fn operator_drains_disables_and_enables_from_the_cli() {
     let (ok, out, err) = cli(&rig, &["drain", "web", "be-2"]);
     assert!(ok, "drain failed: {out}{err}");
     assert!(out.contains("draining"), "{out}");
-    let probe =
-        |n| failover_tests::lab::client::tcp_requests(client, vip(), n, Duration::from_secs(2), 8);
+    let probe = |n| requests(client, n);
     assert_served_without(
         client,
         vip(),
@@ -855,8 +853,7 @@ fn reload_adds_a_service_and_removes_a_backend_losing_no_connection() {
 #[test]
 fn exactly_one_never_serves_two_at_once() {
     let mut rig = Rig::new(3);
-    let check =
-        "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
+    let check = FAST_CHECK;
     let cfg = rig.config(
         "exactly_one = true\nfailback = \"auto\"\nfailback_hold = \"500ms\"\n",
         check,

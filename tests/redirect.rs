@@ -79,18 +79,43 @@ fn check(what: &str, replies: &[client::Reply], total: usize) {
     }
 }
 
+/// A lab with backend `near` on the bridge and `far` behind the branch, both serving TCP 80.
+struct Rig {
+    _servers: [Server; 2],
+    _pass: [aya::Ebpf; 2],
+    branch: Branch,
+    lab: Lab,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let lab = Lab::new(1).expect("build the lab");
+        let branch = Branch::new(&lab).expect("add the branch backend");
+        // XDP_TX towards the bridge, and the redirect into the branch's pair, are delivered
+        // by veth only to a peer that runs an XDP program.
+        let pass = [
+            xdp::pass_on_lb_peer(&lab).expect("attach the pass program (bridge)"),
+            xdp::attach_in(branch.ns(), branch.ifname(), PROG_PASS)
+                .expect("attach the pass program (branch)"),
+        ];
+        let servers = [
+            Server::start(lab.backend(1).ns(), "near", &Listen::all(80)).expect("near server"),
+            Server::start(branch.ns(), "far", &Listen::all(80)).expect("far server"),
+        ];
+        Self {
+            _servers: servers,
+            _pass: pass,
+            branch,
+            lab,
+        }
+    }
+}
+
 #[test]
 fn dsr_reaches_a_backend_behind_another_interface_through_the_devmap() {
-    let lab = Lab::new(1).expect("build the lab");
-    let branch = Branch::new(&lab).expect("add the branch backend");
-    // XDP_TX towards the bridge, and the redirect into the branch's pair, are delivered by
-    // veth only to a peer that runs an XDP program.
-    let _pass = xdp::pass_on_lb_peer(&lab).expect("attach the pass program (bridge)");
-    let _pass_branch = xdp::attach_in(branch.ns(), branch.ifname(), PROG_PASS)
-        .expect("attach the pass program (branch)");
-    let _near = Server::start(lab.backend(1).ns(), "near", &Listen::all(80)).expect("near server");
-    let _far = Server::start(branch.ns(), "far", &Listen::all(80)).expect("far server");
-    let mut daemon = Daemon::start(lab.lb().ns(), &config(&lab)).expect("start the daemon");
+    let rig = Rig::new();
+    let lab = &rig.lab;
+    let mut daemon = Daemon::start(lab.lb().ns(), &config(lab)).expect("start the daemon");
 
     let vip4: SocketAddr = "198.18.0.10:80".parse().unwrap();
     let replies = client::tcp_requests(lab.client().ns(), vip4, CONNECTIONS, TIMEOUT, 32);
@@ -122,14 +147,9 @@ fn has_xdp(ns: &failover_tests::lab::Netns, ifname: &str) -> bool {
 /// from it.
 #[test]
 fn the_program_attaches_to_every_listed_interface() {
-    let lab = Lab::new(1).expect("build the lab");
-    let branch = Branch::new(&lab).expect("add the branch backend");
-    let _pass = xdp::pass_on_lb_peer(&lab).expect("attach the pass program (bridge)");
-    let _pass_branch = xdp::attach_in(branch.ns(), branch.ifname(), PROG_PASS)
-        .expect("attach the pass program (branch)");
-    let _near = Server::start(lab.backend(1).ns(), "near", &Listen::all(80)).expect("near server");
-    let _far = Server::start(branch.ns(), "far", &Listen::all(80)).expect("far server");
-    let one = config(&lab);
+    let rig = Rig::new();
+    let (lab, branch) = (&rig.lab, &rig.branch);
+    let one = config(lab);
     let both = one.replacen(
         &format!("interface = \"{}\"", lab.lb_if()),
         &format!(
