@@ -679,8 +679,6 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
     let daemon =
         Daemon::start(rig.lab.lb().ns(), &rig.config("", check, &weights(100))).expect("daemon");
     let path = daemon.config_path().to_owned();
-    let pinned = std::fs::read_to_string(&path).unwrap();
-    let pin_line = pinned.lines().next().unwrap().to_owned();
     let client = rig.lab.client().ns();
     let held = Persistent::start(
         client,
@@ -692,22 +690,18 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
     std::thread::sleep(Duration::from_millis(300));
 
     // be-2 to weight 0: it takes no new flows, keeps its established ones.
-    std::fs::write(
-        &path,
-        format!("{pin_line}\n{}", rig.config("", check, &weights(0))),
-    )
-    .unwrap();
+    daemon
+        .rewrite_config(&rig.config("", check, &weights(0)))
+        .unwrap();
     let (ok, out, err) = cli(&rig, &["reload"]);
     assert!(ok && out.contains("changed: web"), "{out}{err}");
     assert_served_without(client, vip(), 60, "be-2", "weight 0: no new flows");
 
     // A bad value: rejected, with the file, the line and the key.
-    let bad = format!(
-        "{pin_line}\n{}",
-        rig.config("", check, &weights(0))
-            .replace("interval", "intervall")
-    );
-    std::fs::write(&path, &bad).unwrap();
+    let bad = rig
+        .config("", check, &weights(0))
+        .replace("interval", "intervall");
+    daemon.rewrite_config(&bad).unwrap();
     let (ok, _, err) = cli(&rig, &["reload"]);
     assert!(
         !ok && err.contains("intervall") && err.contains(&path.display().to_string()),
@@ -715,9 +709,10 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
     );
     // A change the loaded maps cannot hold (a bigger connection table): refused, saying
     // what to do.
-    let bigger = format!("{pin_line}\n{}", rig.config("", check, &weights(0)))
+    let bigger = rig
+        .config("", check, &weights(0))
         .replace("flow_capacity = 65536", "flow_capacity = 1000000");
-    std::fs::write(&path, bigger).unwrap();
+    daemon.rewrite_config(&bigger).unwrap();
     let (ok, _, err) = cli(&rig, &["reload"]);
     assert!(
         !ok && err.contains("IPv4 connection-table entries") && err.contains("Restart the daemon"),
@@ -749,13 +744,6 @@ fn reload_adds_a_service_and_removes_a_backend_losing_no_connection() {
     let check = "  type = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n";
     let ns = rig.lab.lb().ns();
     let mut first = Daemon::start(ns, &rig.config("", check, &|_| String::new())).expect("daemon");
-    let path = first.config_path().to_owned();
-    let pin_line = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
     let client = rig.lab.client().ns();
     let held = Persistent::start(
         client,
@@ -778,8 +766,8 @@ fn reload_adds_a_service_and_removes_a_backend_losing_no_connection() {
     let api: String = web[web.find("[[service]]").unwrap()..]
         .replace("name = \"web\"", "name = \"api\"")
         .replace("vip = \"198.18.0.10\"", "vip = \"198.18.0.11\"");
-    let new = format!("{pin_line}\n{without_be2}{api}");
-    std::fs::write(&path, &new).unwrap();
+    let new = format!("{without_be2}{api}");
+    first.rewrite_config(&new).unwrap();
     let (ok, out, err) = cli(&rig, &["reload"]);
     assert!(
         ok && out.contains("added: api") && out.contains("changed: web"),

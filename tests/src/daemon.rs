@@ -96,12 +96,7 @@ impl Daemon {
         let path = std::env::temp_dir().join(format!("{}-failover.toml", ns.name()));
         // Every lab pins in a directory of its own, removed with the guard.
         let pin_dir = test_bpffs()?.join(ns.name());
-        let config = if config.contains("pin_dir") {
-            config.to_owned()
-        } else {
-            format!("pin_dir = \"{}\"\n{config}", pin_dir.display())
-        };
-        std::fs::write(&path, &config).with_context(|| format!("writing {}", path.display()))?;
+        write_config(&path, &pin_dir, config)?;
         let config_path = tempfile_path::TempPath(path.clone());
         let mut child = ns
             .exec(
@@ -216,7 +211,26 @@ impl Daemon {
     }
 }
 
+/// Writes `config` to `path`, pinning in `pin_dir` unless the config names its own.
+fn write_config(
+    path: &std::path::Path,
+    pin_dir: &std::path::Path,
+    config: &str,
+) -> anyhow::Result<()> {
+    let config = if config.contains("pin_dir") {
+        config.to_owned()
+    } else {
+        format!("pin_dir = \"{}\"\n{config}", pin_dir.display())
+    };
+    std::fs::write(path, config).with_context(|| format!("writing {}", path.display()))
+}
+
 impl Daemon {
+    /// Replaces the daemon's config file (keeping its pin directory), for a reload.
+    pub fn rewrite_config(&self, config: &str) -> anyhow::Result<()> {
+        write_config(self.config_path(), &self.pin_dir, config)
+    }
+
     /// The config file the daemon runs with (rewrite it, then reload).
     pub fn config_path(&self) -> &std::path::Path {
         &self._config.0

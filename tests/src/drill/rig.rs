@@ -318,8 +318,9 @@ impl Rig {
     /// Rewrites the daemon's config file and asks it to reload (`failover reload`).
     pub fn reload(&mut self, config: &str) -> anyhow::Result<()> {
         let daemon = self.daemon()?;
-        let text = format!("pin_dir = \"{}\"\n{config}", daemon.pin_dir.display());
-        std::fs::write(daemon.config_path(), text).context("rewriting the config")?;
+        daemon
+            .rewrite_config(config)
+            .context("rewriting the config")?;
         let out = std::process::Command::new(failover_binary()?)
             .arg("reload")
             .arg("--socket")
