@@ -315,11 +315,12 @@ impl Brain {
         report: &Report,
         now: Instant,
     ) -> Result<Option<Schedule>, ProgramError> {
-        let Some(info) = self.targets.get(report.target) else {
+        if report.target >= self.targets.len() {
             return Ok(None);
-        };
+        }
         let obs = &report.result.outcome;
-        let users = info.users.clone();
+        // Taken for the call and put back below (no copy per probe result).
+        let users = std::mem::take(&mut self.targets[report.target].users);
         let mut dirty = Vec::new();
         for &(s, b) in &users {
             if let Some(t) = self.states[s][b].observe(now, obs, report.result.latency) {
@@ -335,6 +336,8 @@ impl Brain {
                 .min();
             self.deadline = Some(cached.into_iter().chain(users_next).min());
         }
+        let pending = users.iter().any(|&(s, b)| self.states[s][b].pending());
+        self.targets[report.target].users = users;
         if !self.publishing {
             dirty.clear();
         }
@@ -342,7 +345,6 @@ impl Brain {
             self.recompute(s, now, Some(report.result.at))?;
         }
         let info = &self.targets[report.target];
-        let pending = users.iter().any(|&(s, b)| self.states[s][b].pending());
         let interval = if pending {
             info.check.fast_interval
         } else {

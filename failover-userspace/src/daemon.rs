@@ -15,7 +15,7 @@ use tokio::{
 
 use crate::{
     brain::Brain,
-    config::{Config, XdpLogLevel, XdpMode},
+    config::{CheckKind, Config, XdpLogLevel, XdpMode},
     control::{Request, Response},
     dataplane::Dataplane,
     health::{Checker, scheduler},
@@ -157,7 +157,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         checker.clone(),
         reports_tx.clone(),
         brain.generation(),
-    );
+    )
+    .context("starting the health checks")?;
 
     // A fresh start waits (bounded) for first verdicts, so the tables it attaches with
     // already route around dead backends.
@@ -372,15 +373,30 @@ fn reload(
         tracing::error!("{message}");
         return Err(message);
     }
+    let (v4, v6) = half_open_families(&fresh);
+    if let Err(e) = checker.prepare_half_open(v4, v6) {
+        let message = format!("reload rejected, the running config stays: {e}");
+        tracing::error!("{message}");
+        return Err(message);
+    }
     match brain.reload(fresh.clone(), Instant::now()) {
         Ok(done) => {
             if done.targets_changed {
-                *probes = scheduler::spawn(
+                // Cannot fail: the only failure, a raw socket, was ruled out above.
+                match scheduler::spawn(
                     brain.targets(),
                     checker.clone(),
                     reports.clone(),
                     brain.generation(),
-                );
+                ) {
+                    Ok(p) => *probes = p,
+                    Err(e) => {
+                        let message =
+                            format!("reloaded, but the health checks could not restart: {e}");
+                        tracing::error!("{message}");
+                        return Err(message);
+                    }
+                }
             }
             *cfg = fresh;
             let message = format!("reloaded: {done}");
@@ -392,6 +408,25 @@ fn reload(
             Err(message)
         }
     }
+}
+
+/// Whether any backend has a half-open TCP check of an IPv4 (first) or IPv6 (second)
+/// address: those need raw sockets.
+fn half_open_families(cfg: &Config) -> (bool, bool) {
+    let mut families = (false, false);
+    for backend in cfg.services.iter().flat_map(|s| &s.backends) {
+        if let CheckKind::Tcp {
+            half_open: true, ..
+        } = backend.check.kind
+        {
+            if backend.check.address.unwrap_or(backend.address).is_ipv4() {
+                families.0 = true;
+            } else {
+                families.1 = true;
+            }
+        }
+    }
+    families
 }
 
 /// Tells systemd (when it started us with Type=notify); a failure is only logged.

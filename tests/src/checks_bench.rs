@@ -108,6 +108,9 @@ pub struct Options {
     pub runs: usize,
     /// How long the daemon may take to start forwarding.
     pub startup_limit: Duration,
+    /// Half-open checks (`half_open = true`: a SYN from a raw socket) instead of
+    /// connecting ones.
+    pub half_open: bool,
 }
 
 impl Default for Options {
@@ -120,6 +123,7 @@ impl Default for Options {
             window: Duration::from_secs(10),
             runs: 3,
             startup_limit: Duration::from_secs(180),
+            half_open: false,
         }
     }
 }
@@ -204,8 +208,9 @@ fn backend_address(index: usize) -> Ipv4Addr {
 fn config(opts: &Options, interface: &str, socket: &str, pin_dir: &str) -> String {
     let interval = failover::config::format_duration(opts.interval);
     let timeout = failover::config::format_duration(opts.interval / 2);
+    let half_open = opts.half_open;
     let mut s = format!(
-        "interface = \"{interface}\"\ncontrol_socket = \"{socket}\"\npin_dir = \"{pin_dir}\"\nflow_capacity = 1024\n\n[defaults.check]\ntype = \"tcp\"\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\n"
+        "interface = \"{interface}\"\ncontrol_socket = \"{socket}\"\npin_dir = \"{pin_dir}\"\nflow_capacity = 1024\n\n[defaults.check]\ntype = \"tcp\"\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\nhalf_open = {half_open}\n"
     );
     for svc in 0..opts.services {
         s += &format!(
@@ -538,6 +543,28 @@ fn config_text(
     Ok(text)
 }
 
+/// TCP segments sent from `ns` (`OutSegs` of its `/proc/net/snmp`). The backends'
+/// namespace sends only checks' answers.
+fn segments_sent(ns: &Netns) -> anyhow::Result<u64> {
+    let out = ns
+        .exec("cat", ["/proc/net/snmp"])
+        .output()
+        .context("running cat in the backends' namespace")?;
+    ensure!(out.status.success(), "reading the backends' /proc/net/snmp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next(), tcp.next());
+    let (Some(names), Some(values)) = (names, values) else {
+        bail!("no Tcp lines in the backends' /proc/net/snmp");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .context("no OutSegs in the backends' /proc/net/snmp")
+}
+
 /// CPU times of a process from `/proc/PID/stat`, in seconds: (own, own in user space,
 /// waited-for children).
 fn cpu_seconds(pid: u32) -> anyhow::Result<(f64, f64, f64)> {
@@ -623,11 +650,20 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fig
         daemon.collect();
         let (cpu0, user0, children0) = cpu_seconds(pid)?;
         let (busy0, total0) = machine_ticks()?;
-        let (accepted0, t0) = (listener.accepted(), Instant::now());
+        // A connect check is one accepted connection; a half-open one never becomes a
+        // connection: it is one SYN-ACK sent by the backends.
+        let answered = || -> anyhow::Result<u64> {
+            if opts.half_open {
+                segments_sent(&net.backends)
+            } else {
+                Ok(listener.accepted())
+            }
+        };
+        let (accepted0, t0) = (answered()?, Instant::now());
         std::thread::sleep(opts.window);
         let (cpu1, user1, children1) = cpu_seconds(pid)?;
         let (busy1, total1) = machine_ticks()?;
-        let (accepted1, wall) = (listener.accepted(), t0.elapsed().as_secs_f64());
+        let (accepted1, wall) = (answered()?, t0.elapsed().as_secs_f64());
         let [rss, anon, file, shmem] = rss_mib(pid)?;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let sample = Sample {

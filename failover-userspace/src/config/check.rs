@@ -85,6 +85,7 @@ pub(crate) struct MergedCheck<'a> {
     status: Option<Set<'a, String>>,
     body: Option<Set<'a, String>>,
     tls_verify: Option<Set<'a, bool>>,
+    half_open: Option<Set<'a, bool>>,
     command: Option<Set<'a, Vec<String>>>,
 }
 
@@ -122,6 +123,7 @@ impl<'a> MergedCheck<'a> {
             status: pick(lower.status, &raw.status, layer),
             body: pick(lower.body, &raw.body, layer),
             tls_verify: pick(lower.tls_verify, &raw.tls_verify, layer),
+            half_open: pick(lower.half_open, &raw.half_open, layer),
             command: pick(lower.command, &raw.command, layer),
         }
     }
@@ -338,6 +340,9 @@ impl<'a> MergedCheck<'a> {
         if let Some(s) = self.command {
             misplaced.push(("command", s.span(), s.key("command"), &[T::Exec]));
         }
+        if let Some(s) = self.half_open {
+            misplaced.push(("half_open", s.span(), s.key("half_open"), &[T::Tcp]));
+        }
         for (field, span, key, types) in misplaced {
             if !types.contains(&check_type) {
                 let names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
@@ -356,10 +361,29 @@ impl<'a> MergedCheck<'a> {
 
         let text = |set: Option<Set<'a, String>>| set.map(|s| s.get().clone());
         let kind = match check_type {
-            T::Tcp => CheckKind::Tcp {
-                send: text(self.send),
-                expect: text(self.expect),
-            },
+            T::Tcp => {
+                let half_open = self.half_open.is_some_and(|s| *s.get());
+                if half_open {
+                    for (field, set) in [("send", self.send), ("expect", self.expect)] {
+                        if let Some(set) = set {
+                            v.error(
+                                &set.span(),
+                                set.key(field),
+                                format!(
+                                    "`{field}` needs a connection, but this check is half-open (half_open = true \
+                                     at line {}: a SYN, no connection): remove `{field}`, or set half_open = false",
+                                    self.half_open.map_or(0, |h| v.line(&h.span()))
+                                ),
+                            );
+                        }
+                    }
+                }
+                CheckKind::Tcp {
+                    send: text(self.send),
+                    expect: text(self.expect),
+                    half_open,
+                }
+            }
             T::Udp => {
                 let Some(send) = self.send else {
                     let (span, key) = self.required_at("send");

@@ -109,6 +109,7 @@ pub(crate) struct RawCheck {
     pub status: Key<String>,
     pub body: Key<String>,
     pub tls_verify: Key<bool>,
+    pub half_open: Key<bool>,
     pub command: Key<Vec<String>>,
 }
 

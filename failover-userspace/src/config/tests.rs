@@ -338,7 +338,8 @@ fn minimal_config_gets_the_documented_defaults() {
         CheckConfig {
             kind: CheckKind::Tcp {
                 send: None,
-                expect: None
+                expect: None,
+                half_open: false,
             },
             interval: ms(1_000),
             fast_interval: ms(250),
@@ -404,7 +405,8 @@ fn example_files_parse() {
         dns.backend("dns-backup").unwrap().check.kind,
         CheckKind::Tcp {
             send: None,
-            expect: None
+            expect: None,
+            half_open: false,
         }
     );
 
@@ -833,7 +835,8 @@ fn a_type_change_drops_inherited_type_specific_keys() {
         config.services[0].check.kind,
         CheckKind::Tcp {
             send: None,
-            expect: None
+            expect: None,
+            half_open: false,
         }
     );
     // Without a type change they are inherited.
@@ -1189,5 +1192,35 @@ fn interface_takes_a_name_or_a_list() {
         errs[0].starts_with(&format!("{FILE}:1: interface: "))
             && errs[0].contains("a list of them"),
         "{errs:?}"
+    );
+}
+
+#[test]
+fn half_open_tcp_checks() {
+    let text = service_with(&["[service.check]", "half_open = true"]);
+    let config = parse_ok(&text);
+    assert_eq!(
+        config.services[0].backends[0].check.kind,
+        CheckKind::Tcp {
+            send: None,
+            expect: None,
+            half_open: true,
+        }
+    );
+    // A half-open check sends a SYN only: nothing to send or expect.
+    let with_send = service_with(&["[service.check]", "half_open = true", "send = \"PING\""]);
+    assert_only_error(
+        &with_send,
+        9,
+        "service[0].check.send",
+        "`send` needs a connection, but this check is half-open (half_open = true at line 8",
+    );
+    // Only tcp checks can be half-open.
+    let http = service_with(&["[service.check]", "type = \"http\"", "half_open = true"]);
+    assert_only_error(
+        &http,
+        9,
+        "service[0].check.half_open",
+        "`half_open` only applies to tcp checks, but this check is http",
     );
 }

@@ -380,6 +380,9 @@ pub enum CheckKind {
         send: Option<String>,
         /// Prefix the reply must start with.
         expect: Option<String>,
+        /// `half_open = true`: a SYN answered by a SYN-ACK, no connection (needs
+        /// CAP_NET_RAW; cannot send or expect bytes).
+        half_open: bool,
     },
     /// HTTP or HTTPS request.
     Http {

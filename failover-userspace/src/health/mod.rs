@@ -10,6 +10,7 @@
 mod exec;
 mod http;
 pub mod scheduler;
+mod syn;
 mod tcp;
 mod tls;
 mod udp;
@@ -138,12 +139,15 @@ impl HttpProbe {
 /// (which has no probe).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ProbeKind {
-    /// TCP connect, optionally writing `send` and matching a reply prefix.
+    /// TCP connect, optionally writing `send` and matching a reply prefix; or, half-open,
+    /// a SYN answered by a SYN-ACK (see [`syn`]).
     Tcp {
         /// Bytes written after connecting.
         send: Option<String>,
         /// Prefix the reply must start with.
         expect: Option<String>,
+        /// A SYN from a raw socket instead of a connection (never with `send`/`expect`).
+        half_open: bool,
     },
     /// HTTP or HTTPS request.
     Http(HttpProbe),
@@ -165,9 +169,14 @@ impl ProbeKind {
     /// The probe for a check, or `None` for a `none` check.
     pub fn from_check(kind: &CheckKind) -> Option<Self> {
         Some(match kind {
-            CheckKind::Tcp { send, expect } => Self::Tcp {
+            CheckKind::Tcp {
+                send,
+                expect,
+                half_open,
+            } => Self::Tcp {
                 send: send.clone(),
                 expect: expect.clone(),
+                half_open: *half_open,
             },
             CheckKind::Http {
                 path,
@@ -307,7 +316,9 @@ pub async fn probe(target: &Target) -> ProbeResult {
 /// One unbounded attempt; [`probe`] bounds it and turns its error into an outcome.
 async fn attempt(target: &Target) -> Result<(), ProbeError> {
     match &target.kind {
-        ProbeKind::Tcp { send, expect } => {
+        // A half-open target probed alone (they are normally probed by the scheduler's
+        // engine) connects: the same evidence, at the cost of a connection.
+        ProbeKind::Tcp { send, expect, .. } => {
             tcp::probe(target.socket_addr()?, send.as_deref(), expect.as_deref()).await
         }
         ProbeKind::Http(check) => http::probe(target.socket_addr()?, check).await,
@@ -326,6 +337,7 @@ async fn attempt(target: &Target) -> Result<(), ProbeError> {
 #[derive(Debug, Clone)]
 pub struct Checker {
     slots: Arc<Semaphore>,
+    raw: syn::RawSockets,
 }
 
 impl Checker {
@@ -334,7 +346,25 @@ impl Checker {
         let permits = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             slots: Arc::new(Semaphore::new(permits)),
+            raw: syn::RawSockets::default(),
         }
+    }
+
+    /// The raw sockets of half-open checks (opened on first use, shared by the clones).
+    pub(crate) fn raw_sockets(&self) -> &syn::RawSockets {
+        &self.raw
+    }
+
+    /// Opens the raw sockets half-open checks need, so a daemon (or a reload) that
+    /// cannot have them is refused before anything changes.
+    pub fn prepare_half_open(&self, v4: bool, v6: bool) -> io::Result<()> {
+        if v4 {
+            self.raw.get(false)?;
+        }
+        if v6 {
+            self.raw.get(true)?;
+        }
+        Ok(())
     }
 
     /// Waits for a free slot, then probes `target` once.
@@ -656,6 +686,7 @@ mod tests {
         check(CheckKind::Tcp {
             send: None,
             expect: None,
+            half_open: false,
         })
     }
 
@@ -741,6 +772,7 @@ mod tests {
             kind: ProbeKind::Tcp {
                 send: None,
                 expect: None,
+                half_open: false,
             },
             timeout: Duration::from_millis(200),
         };
@@ -759,6 +791,7 @@ mod tests {
             ProbeKind::Tcp {
                 send: Some("PING\r\n".into()),
                 expect: Some("+PONG".into()),
+                half_open: false,
             },
             timeout,
         )

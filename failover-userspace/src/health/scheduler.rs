@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{Checker, ProbeResult, Target};
+use super::syn::{self, Command, SynTarget};
+use super::{Checker, ProbeKind, ProbeResult, Target};
 
 /// One probe result, for the target with this index.
 #[derive(Debug)]
@@ -29,29 +30,57 @@ pub struct Schedule {
     pub jitter_percent: u8,
 }
 
+/// Where a target is probed: by its own task, or by the half-open engine.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// Index into [`Probes::schedules`] and [`Probes::now`].
+    Task(usize),
+    /// The engine's index, with the schedule it was last given.
+    Syn(usize, Schedule),
+}
+
 /// Handles to the running probe tasks; dropping it stops them.
 pub struct Probes {
+    routes: Vec<Route>,
     schedules: Vec<watch::Sender<Schedule>>,
     now: Vec<std::sync::Arc<tokio::sync::Notify>>,
+    syn: Option<mpsc::UnboundedSender<Command>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Probes {
     /// Probes a target at once (cutting its wait short), e.g. after a passive signal.
     pub fn probe_now(&self, target: usize) {
-        if let Some(n) = self.now.get(target) {
-            n.notify_one();
+        match self.routes.get(target) {
+            Some(&Route::Task(t)) => self.now[t].notify_one(),
+            Some(&Route::Syn(i, _)) => {
+                if let Some(syn) = &self.syn {
+                    let _ = syn.send(Command::Now(i));
+                }
+            }
+            None => {}
         }
     }
 
-    /// Changes a target's schedule (takes effect after its current wait).
-    pub fn set_schedule(&self, target: usize, schedule: Schedule) {
-        if let Some(tx) = self.schedules.get(target) {
-            tx.send_if_modified(|s| {
-                let changed = *s != schedule;
-                *s = schedule;
-                changed
-            });
+    /// Changes a target's schedule (takes effect after its current wait, unless the new
+    /// interval is shorter than what is left of it).
+    pub fn set_schedule(&mut self, target: usize, schedule: Schedule) {
+        match self.routes.get_mut(target) {
+            Some(&mut Route::Task(t)) => {
+                self.schedules[t].send_if_modified(|s| {
+                    let changed = *s != schedule;
+                    *s = schedule;
+                    changed
+                });
+            }
+            Some(Route::Syn(i, current)) if *current != schedule => {
+                *current = schedule;
+                if let Some(syn) = &self.syn {
+                    let _ = syn.send(Command::Schedule(*i, schedule));
+                }
+            }
+            Some(Route::Syn(..)) => {}
+            None => {}
         }
     }
 }
@@ -65,7 +94,7 @@ impl Drop for Probes {
 }
 
 /// A cheap, seedable jitter source (no need for cryptographic randomness here).
-fn jittered(interval: Duration, percent: u8, seed: &mut u64) -> Duration {
+pub(super) fn jittered(interval: Duration, percent: u8, seed: &mut u64) -> Duration {
     if percent == 0 {
         return interval;
     }
@@ -81,17 +110,39 @@ fn jittered(interval: Duration, percent: u8, seed: &mut u64) -> Duration {
 }
 
 /// Starts one task per target: each probes at once, then waits its (jittered) interval
-/// after every result. Results go to `reports`.
+/// after every result; half-open TCP targets share one task instead (see [`syn`]).
+/// Results go to `reports`.
+///
+/// Fails only when half-open targets need a raw socket that cannot be opened.
 pub fn spawn(
     targets: Vec<(Target, Schedule)>,
     checker: Checker,
     reports: mpsc::Sender<Report>,
     generation: u64,
-) -> Probes {
+) -> std::io::Result<Probes> {
+    let mut routes = Vec::with_capacity(targets.len());
     let mut schedules = Vec::with_capacity(targets.len());
     let mut nows = Vec::with_capacity(targets.len());
     let mut tasks = Vec::with_capacity(targets.len());
+    let mut half_open = Vec::new();
     for (index, (target, schedule)) in targets.into_iter().enumerate() {
+        if let (
+            ProbeKind::Tcp {
+                half_open: true, ..
+            },
+            Ok(addr),
+        ) = (&target.kind, target.socket_addr())
+        {
+            routes.push(Route::Syn(half_open.len(), schedule));
+            half_open.push(SynTarget {
+                index,
+                addr,
+                timeout: target.timeout,
+                schedule,
+            });
+            continue;
+        }
+        routes.push(Route::Task(schedules.len()));
         let (tx, mut rx) = watch::channel(schedule);
         schedules.push(tx);
         let now = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -126,11 +177,21 @@ pub fn spawn(
             }
         }));
     }
-    Probes {
+    let syn = if half_open.is_empty() {
+        None
+    } else {
+        let engine = syn::Engine::new(half_open, checker.raw_sockets(), generation)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(engine.run(rx, reports)));
+        Some(tx)
+    };
+    Ok(Probes {
+        routes,
         schedules,
         now: nows,
+        syn,
         tasks,
-    }
+    })
 }
 
 #[cfg(test)]

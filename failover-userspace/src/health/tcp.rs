@@ -61,6 +61,7 @@ mod tests {
         ProbeKind::Tcp {
             send: send.map(str::to_owned),
             expect: expect.map(str::to_owned),
+            half_open: false,
         }
     }
 

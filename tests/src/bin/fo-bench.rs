@@ -54,6 +54,9 @@ struct Args {
     /// Health-check bench: backends per service.
     #[arg(long, default_value_t = 100)]
     check_backends: usize,
+    /// Health-check bench: only half-open checks (the bench measures both by default).
+    #[arg(long)]
+    check_half_open: bool,
 }
 
 const MAC_CLIENT: [u8; 6] = [2, 0, 0, 0, 0, 2];
@@ -512,6 +515,7 @@ fn checks(args: &Args, summary: &mut BTreeMap<String, f64>) -> anyhow::Result<()
         services: args.check_services,
         backends_per_service: args.check_backends,
         runs: args.runs.min(5),
+        half_open: args.check_half_open,
         ..Default::default()
     };
     println!(
