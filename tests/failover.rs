@@ -159,9 +159,22 @@ fn ms(d: Duration) -> f64 {
 /// 6 new connections fail, none to a healthy backend, established ones untouched.
 #[test]
 fn killed_backend_is_out_within_one_interval() {
+    killed_backend_is_out(FAST_CHECK, "kill -9");
+}
+
+/// The same with half-open checks (a SYN from a raw socket; the kill makes the backend's
+/// kernel answer it with a reset).
+#[test]
+fn killed_backend_is_out_within_one_interval_with_half_open_checks() {
+    killed_backend_is_out(
+        &format!("{FAST_CHECK}  half_open = true\n"),
+        "half-open, kill -9",
+    );
+}
+
+fn killed_backend_is_out(check: &str, label: &str) {
     let mut rig = Rig::new(3);
     let interval = Duration::from_millis(50);
-    let check = FAST_CHECK;
     let mut daemon = Daemon::start(
         rig.lab.lb().ns(),
         &rig.config("", check, &|_| String::new()),
@@ -193,7 +206,7 @@ fn killed_backend_is_out_within_one_interval() {
         .map(|a| a.started.saturating_duration_since(killed))
         .max();
     eprintln!(
-        "kill -9: detected after {:.1} ms (log), {} of {} new connections failed, last failure started {:.1} ms after the kill",
+        "{label}: detected after {:.1} ms (log), {} of {} new connections failed, last failure started {:.1} ms after the kill",
         ms(noticed),
         failed.len(),
         attempts.len(),
@@ -298,9 +311,23 @@ fn nat_killed_backend_fails_no_connection() {
 /// retransmissions are re-picked onto healthy backends.
 #[test]
 fn blackholed_backend_is_out_by_timeout_and_no_connection_fails() {
+    blackholed_backend_is_out(BLACKHOLE_CHECK, "blackhole");
+}
+
+/// The same with half-open checks: an unanswered SYN times out.
+#[test]
+fn blackholed_backend_is_out_by_timeout_with_half_open_checks() {
+    blackholed_backend_is_out(
+        &format!("{BLACKHOLE_CHECK}  half_open = true\n"),
+        "half-open, blackhole",
+    );
+}
+
+const BLACKHOLE_CHECK: &str =
+    "  type = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n  rise = 2\n  fall = 2\n";
+
+fn blackholed_backend_is_out(check: &str, label: &str) {
     let rig = Rig::new(3);
-    let check =
-        "  type = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"50ms\"\n  rise = 2\n  fall = 2\n";
     let mut daemon = Daemon::start(
         rig.lab.lb().ns(),
         &rig.config("", check, &|_| String::new()),
@@ -329,7 +356,7 @@ fn blackholed_backend_is_out_by_timeout_and_no_connection_fails() {
     let held = held.join();
     let slowest = attempts.iter().filter(|a| a.started >= cut).count();
     eprintln!(
-        "blackhole: detected after {:.1} ms; {} connections started after the cut",
+        "{label}: detected after {:.1} ms; {} connections started after the cut",
         ms(noticed),
         slowest
     );

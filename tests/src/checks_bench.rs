@@ -1,5 +1,5 @@
 //! The health-check throughput bench: the real daemon checking many backends (10,000 by
-//! default: 100 services x 100) by TCP connect at a 1 s interval, and what that costs it:
+//! default: 100 services x 100) by TCP (connect, or half-open) at a 1 s interval, and what that costs it:
 //! checks per second, CPU share of one core, resident memory.
 //!
 //! Two namespaces joined by a veth pair: the daemon runs in one, attached to its end; the
@@ -8,7 +8,9 @@
 //! the peer as its gateway, so it resolves one neighbour, as it would for backends behind
 //! a router (local backends in the daemon's own namespace would not do: the daemon waits
 //! up to a second for each backend's MAC, and a local address has none). Every check is a
-//! TCP connect to a distinct address, counted as one connection accepted by the listener.
+//! TCP connect to a distinct address, counted as one connection accepted by the listener;
+//! or, with [`Options::half_open`], a SYN, counted as one SYN-ACK the backends' namespace
+//! sends (its `OutSegs`: it sends nothing else).
 //!
 //! A veth delivers a packet on the sender's CPU, inside its system call, and a kernel
 //! without IRQ time accounting charges that work to whatever task runs. Left alone, the
@@ -138,7 +140,8 @@ impl Options {
 /// One measurement window.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {
-    /// Connections accepted by the backends' listener, per second: completed checks.
+    /// Completed checks per second: connections accepted by the backends' listener, or
+    /// (half-open) SYN-ACKs sent by the backends.
     pub checks_per_s: f64,
     /// The daemon's own CPU time (user + system) over wall time: a fraction of one core.
     pub cpu_share: f64,
@@ -175,25 +178,40 @@ pub struct Figures {
     pub samples: Vec<Sample>,
     /// The daemon's warnings and errors (counted by message).
     pub warnings: Vec<(String, usize)>,
+    /// Half-open checks rather than connecting ones.
+    pub half_open: bool,
+    /// CPU time of the processes the daemon ran (`ip`, looking up routes every 30 s and
+    /// neighbours every 5 s) over every window together, as a share of one core: a
+    /// window alone may hold no route lookup, or two.
+    pub children_cpu_share: f64,
 }
 
 impl Figures {
     /// `(summary.json key, value)` pairs.
-    pub fn summary(&self) -> Vec<(&'static str, f64)> {
-        vec![
-            ("checks_backends", self.backends as f64),
-            ("checks_expected_per_s", self.expected_per_s),
-            ("checks_startup_s", self.startup_s),
-            ("checks_per_s", self.median.checks_per_s),
-            ("checks_cpu_share", self.median.cpu_share),
-            ("checks_user_cpu_share", self.median.user_cpu_share),
-            ("checks_children_cpu_share", self.median.children_cpu_share),
-            ("checks_system_cpu_cores", self.median.system_cpu_cores),
-            ("checks_rss_mib", self.median.rss_mib),
-            ("checks_rss_anon_mib", self.median.rss_anon_mib),
-            ("checks_rss_file_mib", self.median.rss_file_mib),
-            ("checks_rss_shmem_mib", self.median.rss_shmem_mib),
+    /// Keys start `checks_` (connect checks) or `checks_half_open_`.
+    pub fn summary(&self) -> Vec<(String, f64)> {
+        let prefix = if self.half_open {
+            "checks_half_open_"
+        } else {
+            "checks_"
+        };
+        [
+            ("backends", self.backends as f64),
+            ("expected_per_s", self.expected_per_s),
+            ("startup_s", self.startup_s),
+            ("per_s", self.median.checks_per_s),
+            ("cpu_share", self.median.cpu_share),
+            ("user_cpu_share", self.median.user_cpu_share),
+            ("children_cpu_share", self.children_cpu_share),
+            ("system_cpu_cores", self.median.system_cpu_cores),
+            ("rss_mib", self.median.rss_mib),
+            ("rss_anon_mib", self.median.rss_anon_mib),
+            ("rss_file_mib", self.median.rss_file_mib),
+            ("rss_shmem_mib", self.median.rss_shmem_mib),
         ]
+        .into_iter()
+        .map(|(key, value)| (format!("{prefix}{key}"), value))
+        .collect()
     }
 }
 
@@ -645,6 +663,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fig
     std::thread::sleep(opts.warmup);
 
     let pid = daemon.pid();
+    let (_, _, children_start) = cpu_seconds(pid)?;
+    let measuring = Instant::now();
     let mut samples = Vec::with_capacity(opts.runs);
     for run in 0..opts.runs {
         daemon.collect();
@@ -701,6 +721,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fig
         rss_file_mib: median_of(&samples, |s| s.rss_file_mib),
         rss_shmem_mib: median_of(&samples, |s| s.rss_shmem_mib),
     };
+    let (_, _, children_end) = cpu_seconds(pid)?;
+    let children_cpu_share = (children_end - children_start) / measuring.elapsed().as_secs_f64();
     let warnings = daemon.warnings();
     drop(daemon);
     drop(listener);
@@ -713,6 +735,8 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Fig
         median,
         samples,
         warnings,
+        half_open: opts.half_open,
+        children_cpu_share,
     })
 }
 

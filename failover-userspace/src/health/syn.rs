@@ -34,11 +34,12 @@ use super::{Outcome, ProbeResult, refusable};
 
 /// SYNs due within this much of the earliest are sent with it, in one system call.
 const COALESCE: Duration = ROUND;
-/// The engine works in rounds (read answers, expire deadlines, send what is due) at
-/// most this often: every round is a wake-up, and the answers to one batch of SYNs
-/// trickle in over a few hundred microseconds. While SYNs fall due continuously (many
-/// targets), answers wait for the next round instead of waking the engine; so a latency
-/// may read up to this much too long, and a refusal is seen up to this much later.
+/// The engine works in rounds (read answers, expire deadlines, send what is due), timed
+/// rounds at most this often: every round is a wake-up, and the answers to one batch of
+/// SYNs trickle in over a few hundred microseconds. While the next round is at most this
+/// far (SYNs fall due continuously: many targets), answers wait for it instead of waking
+/// the engine, so a latency may read up to this much too long and a refusal be seen up to
+/// this much later; otherwise (few targets) an answer starts a round at once.
 const ROUND: Duration = Duration::from_millis(5);
 /// Results that are all "up" are handed to the brain at most this often, in one batch
 /// (each hand-over wakes the brain's thread); any other result is handed over in the
@@ -457,21 +458,18 @@ impl Engine {
             // Answers wake the engine only if no round comes soon anyway.
             let listen = wake.is_none_or(|at| at > next_round);
             let (v4, v6) = (self.v4.clone(), self.v6.clone());
-            let answers = tokio::select! {
+            // Answers that wake the engine are read at once: no round was coming soon.
+            tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
                     self.apply(command, Instant::now());
                     while let Ok(command) = commands.try_recv() {
                         self.apply(command, Instant::now());
                     }
-                    false
                 }
-                () = readable(v4.as_deref()), if listen => true,
-                () = readable(v6.as_deref()), if listen => true,
-                () = sleep_until_opt(wake.map(tokio::time::Instant::from_std)) => false,
-            };
-            if answers && Instant::now() < next_round {
-                tokio::time::sleep_until(next_round.into()).await;
+                () = readable(v4.as_deref()), if listen => {}
+                () = readable(v6.as_deref()), if listen => {}
+                () = sleep_until_opt(wake.map(tokio::time::Instant::from_std)) => {}
             }
             // Read in every round, whatever woke it: a deadline must not expire a SYN
             // whose answer is waiting in the socket.

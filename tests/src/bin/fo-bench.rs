@@ -54,7 +54,8 @@ struct Args {
     /// Health-check bench: backends per service.
     #[arg(long, default_value_t = 100)]
     check_backends: usize,
-    /// Health-check bench: only half-open checks (the bench measures both by default).
+    /// Health-check bench: only half-open checks (it measures connecting checks, then
+    /// half-open ones, by default).
     #[arg(long)]
     check_half_open: bool,
 }
@@ -509,52 +510,70 @@ fn big_config() -> String {
     s
 }
 
-/// The health-check bench: checks per second, the daemon's CPU share and memory.
+/// The health-check bench: checks per second, the daemon's CPU share and memory, with
+/// connecting checks and with half-open ones.
 fn checks(args: &Args, summary: &mut BTreeMap<String, f64>) -> anyhow::Result<()> {
-    let opts = checks_bench::Options {
-        services: args.check_services,
-        backends_per_service: args.check_backends,
-        runs: args.runs.min(5),
-        half_open: args.check_half_open,
-        ..Default::default()
+    let modes: &[bool] = if args.check_half_open {
+        &[true]
+    } else {
+        &[false, true]
     };
-    println!(
-        "\nhealth checks: {} backends ({} services x {}), tcp every {:?}, {} windows of {:?}",
-        opts.backends(),
-        opts.services,
-        opts.backends_per_service,
-        opts.interval,
-        opts.runs,
-        opts.window
-    );
-    let figures = checks_bench::run(&opts, &mut |line| println!("  {line}"))?;
-    let m = &figures.median;
-    println!(
-        "health checks, medians: {:.0} checks/s of {:.0} asked; daemon CPU {:.1}% of one core{} (target < 10%; {:.1}% in user space, \
-         the rest in the kernel) plus {:.1}% in processes it ran; machine {:.2} cores busy; RSS {:.1} MiB \
-         (target < 64; anon {:.1}, file {:.1}, shmem {:.1}); forwarding {:.1} s after start",
-        m.checks_per_s,
-        figures.expected_per_s,
-        m.cpu_share * 100.0,
-        if figures.pinned {
-            " (pinned; backends' side on another)"
-        } else {
-            ""
-        },
-        m.user_cpu_share * 100.0,
-        m.children_cpu_share * 100.0,
-        m.system_cpu_cores,
-        m.rss_mib,
-        m.rss_anon_mib,
-        m.rss_file_mib,
-        m.rss_shmem_mib,
-        figures.startup_s
-    );
-    for (message, count) in &figures.warnings {
-        println!("  daemon: {count} x {message}");
-    }
-    for (key, value) in figures.summary() {
-        summary.insert(key.into(), value);
+    for &half_open in modes {
+        let opts = checks_bench::Options {
+            services: args.check_services,
+            backends_per_service: args.check_backends,
+            runs: args.runs.min(5),
+            half_open,
+            ..Default::default()
+        };
+        println!(
+            "\nhealth checks{}: {} backends ({} services x {}), tcp every {:?}, {} windows of {:?}",
+            if half_open {
+                ", half-open"
+            } else {
+                ", connecting"
+            },
+            opts.backends(),
+            opts.services,
+            opts.backends_per_service,
+            opts.interval,
+            opts.runs,
+            opts.window
+        );
+        let figures = checks_bench::run(&opts, &mut |line| println!("  {line}"))?;
+        let m = &figures.median;
+        println!(
+            "health checks{}, medians: {:.0} checks/s of {:.0} asked; daemon CPU {:.1}% of one core{} (target < 10%; {:.1}% in user space, \
+             the rest in the kernel) plus {:.1}% in processes it ran (all windows); machine {:.2} cores busy; RSS {:.1} MiB \
+             (target < 64; anon {:.1}, file {:.1}, shmem {:.1}); forwarding {:.1} s after start",
+            if half_open {
+                " (half-open)"
+            } else {
+                " (connecting)"
+            },
+            m.checks_per_s,
+            figures.expected_per_s,
+            m.cpu_share * 100.0,
+            if figures.pinned {
+                " (pinned; backends' side on another)"
+            } else {
+                ""
+            },
+            m.user_cpu_share * 100.0,
+            figures.children_cpu_share * 100.0,
+            m.system_cpu_cores,
+            m.rss_mib,
+            m.rss_anon_mib,
+            m.rss_file_mib,
+            m.rss_shmem_mib,
+            figures.startup_s
+        );
+        for (message, count) in &figures.warnings {
+            println!("  daemon: {count} x {message}");
+        }
+        for (key, value) in figures.summary() {
+            summary.insert(key, value);
+        }
     }
     Ok(())
 }
