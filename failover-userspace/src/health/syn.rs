@@ -176,28 +176,15 @@ impl RawTcp {
     /// Sends `packets` (SYN, destination) with as few system calls as it can; returns how
     /// many went out, and the error that stopped the rest.
     fn send(&self, packets: &[[u8; SYN_LEN]], to: &[&SockAddr]) -> (usize, Option<io::Error>) {
+        // The kernel only reads the buffers and addresses of a send.
         let mut iovs: Vec<libc::iovec> = packets
             .iter()
-            .map(|p| libc::iovec {
-                iov_base: p.as_ptr() as *mut libc::c_void,
-                iov_len: p.len(),
-            })
+            .map(|p| iovec(p.as_ptr().cast_mut(), p.len()))
             .collect();
         let mut msgs: Vec<libc::mmsghdr> = to
             .iter()
             .zip(iovs.iter_mut())
-            .map(|(to, iov)| {
-                // SAFETY: an all-zero msghdr is valid (no name, no control).
-                let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
-                hdr.msg_name = to.as_ptr() as *mut libc::c_void;
-                hdr.msg_namelen = to.len();
-                hdr.msg_iov = iov;
-                hdr.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: hdr,
-                    msg_len: 0,
-                }
-            })
+            .map(|(to, iov)| mmsghdr(to.as_ptr().cast_mut().cast(), to.len(), iov))
             .collect();
         let mut sent = 0;
         while sent < msgs.len() {
@@ -220,6 +207,31 @@ impl RawTcp {
             sent += n as usize;
         }
         (sent, None)
+    }
+}
+
+fn iovec(base: *mut u8, len: usize) -> libc::iovec {
+    libc::iovec {
+        iov_base: base.cast(),
+        iov_len: len,
+    }
+}
+
+/// One message of a `sendmmsg`/`recvmmsg`: one buffer, an address, no control data.
+fn mmsghdr(
+    name: *mut libc::c_void,
+    name_len: libc::socklen_t,
+    iov: &mut libc::iovec,
+) -> libc::mmsghdr {
+    // SAFETY: an all-zero msghdr is valid (no name, no control).
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    hdr.msg_name = name;
+    hdr.msg_namelen = name_len;
+    hdr.msg_iov = iov;
+    hdr.msg_iovlen = 1;
+    libc::mmsghdr {
+        msg_hdr: hdr,
+        msg_len: 0,
     }
 }
 
@@ -721,25 +733,14 @@ impl Engine {
         loop {
             let mut iovs: Vec<libc::iovec> = bufs
                 .iter_mut()
-                .map(|b| libc::iovec {
-                    iov_base: b.as_mut_ptr().cast(),
-                    iov_len: b.len(),
-                })
+                .map(|b| iovec(b.as_mut_ptr(), b.len()))
                 .collect();
+            let name_len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             let mut msgs: Vec<libc::mmsghdr> = iovs
                 .iter_mut()
                 .zip(names.iter_mut())
                 .map(|(iov, name)| {
-                    // SAFETY: an all-zero msghdr is valid.
-                    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
-                    hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
-                    hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                    hdr.msg_iov = iov;
-                    hdr.msg_iovlen = 1;
-                    libc::mmsghdr {
-                        msg_hdr: hdr,
-                        msg_len: 0,
-                    }
+                    mmsghdr((name as *mut libc::sockaddr_storage).cast(), name_len, iov)
                 })
                 .collect();
             // SAFETY: every header points at live buffers for the call.
