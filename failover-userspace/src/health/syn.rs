@@ -445,7 +445,7 @@ impl Engine {
             errors_pending: false,
             rx: Some(Box::new(RxBuffers::new())),
             paced: None,
-            seed: 0x9e37_79b9_7f4a_7c15 ^ generation.wrapping_mul(0xbf58_476d_1ce4_e5b9),
+            seed: random_seed(generation),
             generation,
             finished: Vec::new(),
         })
@@ -853,6 +853,24 @@ impl Engine {
             self.finish(i, outcome, Instant::now());
         }
     }
+}
+
+/// A seed for sequence numbers (and jitter) from the kernel's random source: sequence
+/// numbers an off-path host could predict would let it forge a SYN-ACK (a dead backend
+/// looks up) or a reset (a live one looks refused). Never zero (xorshift's fixed point).
+fn random_seed(generation: u64) -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most the buffer's length into it.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    let random = if n == 8 {
+        u64::from_ne_bytes(seed)
+    } else {
+        // Only without getrandom (Linux < 3.17): the clock is the best left.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    };
+    (random ^ generation.wrapping_mul(0xbf58_476d_1ce4_e5b9)) | 1
 }
 
 /// Buffers for one `recvmmsg`.
