@@ -138,6 +138,12 @@ fn assert_served_without(
 const FAST_CHECK: &str =
     "  type = \"tcp\"\n  interval = \"50ms\"\n  timeout = \"40ms\"\n  rise = 2\n  fall = 2\n";
 
+/// `n` long-lived connections from `client` to the VIP, each exchanging a message every
+/// 100 ms for `lasting`.
+fn hold(client: &failover_tests::lab::Netns, n: usize, lasting: Duration) -> Persistent {
+    Persistent::start(client, vip(), n, Duration::from_millis(100), lasting)
+}
+
 /// `n` new connections from `client` to the VIP.
 fn requests(client: &failover_tests::lab::Netns, n: usize) -> Vec<failover_tests::lab::Reply> {
     failover_tests::lab::client::tcp_requests(client, vip(), n, Duration::from_secs(2), 8)
@@ -182,13 +188,7 @@ fn killed_backend_is_out(check: &str, label: &str) {
     .expect("daemon");
 
     let client = rig.lab.client().ns();
-    let held = Persistent::start(
-        client,
-        vip(),
-        30,
-        Duration::from_millis(100),
-        Duration::from_secs(4),
-    );
+    let held = hold(client, 30, Duration::from_secs(4));
     let stream = Stream::start(client, vip(), 100, 400, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(1500));
     let killed = Instant::now();
@@ -268,13 +268,7 @@ fn nat_killed_backend_fails_no_connection() {
     )
     .expect("daemon");
     let client = rig.lab.client().ns();
-    let held = Persistent::start(
-        client,
-        vip(),
-        30,
-        Duration::from_millis(100),
-        Duration::from_secs(5),
-    );
+    let held = hold(client, 30, Duration::from_secs(5));
     let stream = Stream::start(client, vip(), 100, 300, Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(1000));
     let killed = Instant::now();
@@ -334,13 +328,7 @@ fn blackholed_backend_is_out(check: &str, label: &str) {
     )
     .expect("daemon");
     let client = rig.lab.client().ns();
-    let held = Persistent::start(
-        client,
-        vip(),
-        30,
-        Duration::from_millis(100),
-        Duration::from_secs(5),
-    );
+    let held = hold(client, 30, Duration::from_secs(5));
     let stream = Stream::start(client, vip(), 100, 300, Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(1000));
     let b2 = rig.lab.backend(2);
@@ -410,13 +398,7 @@ fn backup_takes_over_and_auto_failback_waits_for_the_hold() {
             Duration::from_secs(3),
         )
         .expect("backup active");
-    let on_backup = Persistent::start(
-        client,
-        vip(),
-        10,
-        Duration::from_millis(100),
-        Duration::from_secs(4),
-    );
+    let on_backup = hold(client, 10, Duration::from_secs(4));
     std::thread::sleep(Duration::from_millis(200));
     assert!(only(&probe(20), "be-2"), "the backup takes over");
 
@@ -513,13 +495,7 @@ fn operator_drains_disables_and_enables_from_the_cli() {
     );
     let daemon = Daemon::start(rig.lab.lb().ns(), &config).expect("daemon");
     let client = rig.lab.client().ns();
-    let held = Persistent::start(
-        client,
-        vip(),
-        30,
-        Duration::from_millis(100),
-        Duration::from_secs(3),
-    );
+    let held = hold(client, 30, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(300));
 
     let (ok, out, err) = cli(&rig, &["drain", "web", "be-2"]);
@@ -621,13 +597,7 @@ fn daemon_stop_crash_and_restart_lose_no_connection() {
     let ns = rig.lab.lb().ns();
     let mut first = Daemon::start(ns, &cfg).expect("first daemon");
     let client = rig.lab.client().ns();
-    let held = Persistent::start(
-        client,
-        vip(),
-        30,
-        Duration::from_millis(100),
-        Duration::from_secs(6),
-    );
+    let held = hold(client, 30, Duration::from_secs(6));
     let stream = Stream::start(client, vip(), 50, 250, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(1000));
 
@@ -707,13 +677,7 @@ fn reload_applies_the_difference_and_rejects_bad_configs() {
         Daemon::start(rig.lab.lb().ns(), &rig.config("", check, &weights(100))).expect("daemon");
     let path = daemon.config_path().to_owned();
     let client = rig.lab.client().ns();
-    let held = Persistent::start(
-        client,
-        vip(),
-        30,
-        Duration::from_millis(100),
-        Duration::from_secs(3),
-    );
+    let held = hold(client, 30, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(300));
 
     // be-2 to weight 0: it takes no new flows, keeps its established ones.
@@ -772,13 +736,7 @@ fn reload_adds_a_service_and_removes_a_backend_losing_no_connection() {
     let ns = rig.lab.lb().ns();
     let mut first = Daemon::start(ns, &rig.config("", check, &|_| String::new())).expect("daemon");
     let client = rig.lab.client().ns();
-    let held = Persistent::start(
-        client,
-        vip(),
-        45,
-        Duration::from_millis(100),
-        Duration::from_secs(7),
-    );
+    let held = hold(client, 45, Duration::from_secs(7));
     std::thread::sleep(Duration::from_millis(500));
 
     // web loses be-2; a new service `api` on another VIP uses all three.

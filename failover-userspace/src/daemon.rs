@@ -21,7 +21,7 @@ use crate::{
     health::{Checker, scheduler},
     layout,
     loader::{self, AttachMode},
-    neighbor,
+    neighbor::{self, RouteCache},
     pins::Pins,
 };
 
@@ -44,7 +44,7 @@ type Resolved = (HashMap<IpAddr, [u8; 6]>, HashMap<IpAddr, u32>);
 /// Resolves every backend's next-hop MAC; unresolved ones get zeros (and a warning): the
 /// packet path drops their packets with `drop_backend_unresolved` until they resolve.
 /// Backends routed through another interface than `cfg.interface` get its ifindex.
-fn resolve_all(cfg: &Config, wait: Duration) -> Resolved {
+fn resolve_all(cfg: &Config, wait: Duration, routes: &std::sync::Mutex<RouteCache>) -> Resolved {
     let mut addrs: Vec<IpAddr> = cfg
         .services
         .iter()
@@ -54,7 +54,8 @@ fn resolve_all(cfg: &Config, wait: Duration) -> Resolved {
     addrs.dedup();
     let mut macs = HashMap::new();
     let mut egress = HashMap::new();
-    for (addr, hop) in neighbor::resolve_all(&addrs, wait) {
+    let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
+    for (addr, hop) in neighbor::resolve_all(&addrs, wait, &mut routes) {
         let mac = match hop {
             Ok(hop) => {
                 if let Some(ifindex) = hop.egress(&cfg.interfaces) {
@@ -110,9 +111,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     .map_err(|e| anyhow::anyhow!("polling the RESETS ring buffer: {e}"))?;
     let cfg_for_macs = cfg.clone();
-    let (macs, egress) =
-        tokio::task::spawn_blocking(move || resolve_all(&cfg_for_macs, Duration::from_secs(1)))
-            .await?;
+    let routes = std::sync::Arc::new(std::sync::Mutex::new(RouteCache::default()));
+    let routes_for_macs = routes.clone();
+    let (macs, egress) = tokio::task::spawn_blocking(move || {
+        resolve_all(&cfg_for_macs, Duration::from_secs(1), &routes_for_macs)
+    })
+    .await?;
     dp.set_egress(&egress)?;
     let mut brain = Brain::new(cfg.clone(), plan, dp, macs, Instant::now());
     if let Some(stale) = stale {
@@ -219,7 +223,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (macs_tx, mut fresh_macs) = mpsc::channel(1);
     let mut resolving = false;
     loop {
-        let next = brain.next_deadline().map(tokio::time::Instant::from_std);
+        let next = brain.next_deadline();
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -228,7 +232,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     probes.set_schedule(report.target, s);
                 }
             }
-            () = sleep_until_opt(next) => brain.tick(Instant::now())?,
+            () = scheduler::sleep_until(next) => brain.tick(Instant::now())?,
             guard = resets.readable_mut() => {
                 let mut guard = guard.context("RESETS ring buffer")?;
                 let ring = guard.get_inner_mut();
@@ -250,8 +254,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 resolving = true;
                 let cfg2 = cfg.clone();
                 let tx = macs_tx.clone();
+                let routes = routes.clone();
                 tokio::task::spawn_blocking(move || {
-                    let _ = tx.try_send(resolve_all(&cfg2, Duration::from_millis(500)));
+                    let _ = tx.try_send(resolve_all(&cfg2, Duration::from_millis(500), &routes));
                 });
             }
             Some((macs, egress)) = fresh_macs.recv() => {
@@ -444,11 +449,4 @@ fn reset_report(bytes: &[u8]) -> Option<failover_common::ResetReport> {
     // SAFETY: the record is a `ResetReport` written by the packet path (repr(C), any bits
     // valid); read_unaligned because the ring gives no alignment guarantee we rely on.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

@@ -189,36 +189,39 @@ fn memfd(name: &std::ffi::CStr) -> std::io::Result<std::fs::File> {
 /// of a second of CPU.
 const ROUTE_TTL: Duration = Duration::from_secs(30);
 
-/// The last route lookups: when, and what they found.
-static ROUTES: std::sync::Mutex<Option<(std::time::Instant, Routes)>> = std::sync::Mutex::new(None);
-
 /// Address -> (device, next hop).
 type Routes = HashMap<IpAddr, (String, IpAddr)>;
 
-/// The routes to `addrs`: the last lookups' if they are younger than [`ROUTE_TTL`] and
-/// found a route to every address, else looked up again.
-fn cached_routes(addrs: &[IpAddr]) -> Result<Routes, NeighborError> {
-    let mut cache = ROUTES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((at, routes)) = cache.as_ref() {
-        if at.elapsed() < ROUTE_TTL && addrs.iter().all(|a| routes.contains_key(a)) {
-            return Ok(addrs.iter().map(|a| (*a, routes[a].clone())).collect());
+/// The last route lookups, kept by the caller between rounds of [`resolve_all`].
+#[derive(Debug, Default)]
+pub struct RouteCache(Option<(std::time::Instant, Routes)>);
+
+impl RouteCache {
+    /// The routes to `addrs`: the last lookups' if they are younger than [`ROUTE_TTL`]
+    /// and found a route to every address, else looked up again.
+    fn routes(&mut self, addrs: &[IpAddr]) -> Result<Routes, NeighborError> {
+        if let Some((at, routes)) = &self.0 {
+            if at.elapsed() < ROUTE_TTL && addrs.iter().all(|a| routes.contains_key(a)) {
+                return Ok(addrs.iter().map(|a| (*a, routes[a].clone())).collect());
+            }
         }
+        let routes = routes(addrs)?;
+        self.0 = Some((std::time::Instant::now(), routes.clone()));
+        Ok(routes)
     }
-    let routes = routes(addrs)?;
-    *cache = Some((std::time::Instant::now(), routes.clone()));
-    Ok(routes)
 }
 
 /// Resolves the next hops of `addrs` with a few `ip` runs whatever their number (one
 /// batch of route lookups, one neighbour-table dump per round): the next hops the kernel
 /// does not know yet are prompted (ARP/ND: one empty UDP datagram to the discard port)
-/// and looked up again until `wait` has passed.
+/// and looked up again until `wait` has passed. Routes come from `cache` while it is fresh.
 pub fn resolve_all(
     addrs: &[IpAddr],
     wait: Duration,
+    cache: &mut RouteCache,
 ) -> HashMap<IpAddr, Result<NextHop, NeighborError>> {
     let mut out = HashMap::new();
-    let routes = match cached_routes(addrs) {
+    let routes = match cache.routes(addrs) {
         Ok(r) => r,
         Err(e) => {
             let detail = e.to_string();
@@ -301,7 +304,7 @@ pub fn resolve_all(
 
 /// Resolves the next hop of one address (see [`resolve_all`]).
 pub fn resolve(addr: IpAddr, wait: Duration) -> Result<NextHop, NeighborError> {
-    resolve_all(&[addr], wait)
+    resolve_all(&[addr], wait, &mut RouteCache::default())
         .remove(&addr)
         .expect("resolve_all answers for every address")
 }

@@ -109,6 +109,14 @@ pub(super) fn jittered(interval: Duration, percent: u8, seed: &mut u64) -> Durat
     Duration::from_nanos((interval.as_nanos() as u64 + offset).saturating_sub(span))
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Starts one task per target: each probes at once, then waits its (jittered) interval
 /// after every result; half-open TCP targets share one task instead (see [`syn`]).
 /// Results go to `reports`.

@@ -29,7 +29,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::scheduler::{Report, Schedule, jittered};
+use super::scheduler::{Report, Schedule, jittered, sleep_until};
 use super::{Outcome, ProbeResult, refusable};
 
 /// SYNs due within this much of the earliest are sent with it, in one system call.
@@ -462,11 +462,9 @@ impl Engine {
         let mut last_report = last_round;
         loop {
             let next_round = last_round + ROUND;
-            let mut wake = self.next_wake().map(|at| at.max(next_round));
-            if !self.finished.is_empty() {
-                let report = last_report + REPORT_EVERY;
-                wake = Some(wake.map_or(report, |at| at.min(report)));
-            }
+            let work = self.next_wake().map(|at| at.max(next_round));
+            let report = (!self.finished.is_empty()).then_some(last_report + REPORT_EVERY);
+            let wake = [work, report].into_iter().flatten().min();
             // Answers wake the engine only if no round comes soon anyway.
             let listen = wake.is_none_or(|at| at > next_round);
             let (v4, v6) = (self.v4.clone(), self.v6.clone());
@@ -481,7 +479,7 @@ impl Engine {
                 }
                 () = readable(v4.as_deref()), if listen => {}
                 () = readable(v6.as_deref()), if listen => {}
-                () = sleep_until_opt(wake.map(tokio::time::Instant::from_std)) => {}
+                () = sleep_until(wake) => {}
             }
             // Read in every round, whatever woke it: a deadline must not expire a SYN
             // whose answer is waiting in the socket.
@@ -513,16 +511,8 @@ impl Engine {
         let probes = &self.probes;
         self.deadlines
             .drop_answered(|i, isn| probes[i].flight.is_some_and(|f| f.isn == isn));
-        let send = self.sends.first();
-        let send = match (send, self.paced) {
-            (Some(t), Some(p)) => Some(t.max(p)),
-            (t, _) => t,
-        };
-        let deadline = self.deadlines.first();
-        match (send, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let send = (self.sends.first()).map(|t| self.paced.map_or(t, |p| t.max(p)));
+        [send, self.deadlines.first()].into_iter().flatten().min()
     }
 
     fn apply(&mut self, command: Command, now: Instant) {
@@ -557,16 +547,20 @@ impl Engine {
 
     /// Ends probe `i`'s flight with `outcome` and schedules its next SYN.
     fn finish(&mut self, i: usize, outcome: Outcome, now: Instant) {
+        if let Some(flight) = self.probes[i].flight.take() {
+            self.conclude(i, outcome, flight.sent, now);
+        }
+    }
+
+    /// Reports the outcome of probe `i` (started at `sent`) and schedules its next SYN.
+    fn conclude(&mut self, i: usize, outcome: Outcome, sent: Instant, now: Instant) {
         let p = &mut self.probes[i];
-        let Some(flight) = p.flight.take() else {
-            return;
-        };
         if !outcome.is_up() {
             p.source = None;
         }
         let result = ProbeResult {
             outcome,
-            latency: now.saturating_duration_since(flight.sent),
+            latency: now.saturating_duration_since(sent),
             at: now,
         };
         self.finished.push((p.target.index, result));
@@ -634,15 +628,8 @@ impl Engine {
                 (None, SocketAddr::V4(_)) => match source_for(addr) {
                     Ok(s) => Some(s),
                     Err(e) => {
-                        let p = &mut self.probes[i];
-                        p.due = None;
-                        p.flight = Some(Flight {
-                            isn: 0,
-                            port: 0,
-                            sent: now,
-                        });
                         let outcome = refusable("connecting to", addr)(e).into_outcome();
-                        self.finish(i, outcome, now);
+                        self.conclude(i, outcome, now, now);
                         continue;
                     }
                 },
@@ -1122,13 +1109,6 @@ async fn readable(raw: Option<&RawTcp>) {
     if let Err(e) = ready {
         tracing::warn!(error = %e, "half-open checks: waiting on the raw socket");
         tokio::time::sleep(ROUND).await;
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
